@@ -287,6 +287,9 @@ func (a *Agent) HTTPAddr() string { return a.ip + ":8500" }
 // Dir is the agent's data directory.
 func (a *Agent) Dir() string { return a.dir }
 
+// Running reports whether the agent's process was started and not stopped.
+func (a *Agent) Running() bool { return a.running() }
+
 func (a *Agent) running() bool {
 	a.cluster.mu.Lock()
 	defer a.cluster.mu.Unlock()
@@ -312,7 +315,7 @@ func (a *Agent) configHCL() string {
 		for i, t := range s.Tags {
 			tags[i] = fmt.Sprintf("%q", t)
 		}
-		fmt.Fprintf(&b, "service {\n id = %q\n name = %q\n tags = [%s]\n}\n", id, s.Name, strings.Join(tags, ", "))
+		fmt.Fprintf(&b, "services {\n id = %q\n name = %q\n tags = [%s]\n}\n", id, s.Name, strings.Join(tags, ", "))
 	}
 	b.WriteString(a.cfg.ExtraHCL)
 	b.WriteString("\n")

@@ -1,0 +1,163 @@
+// Package consul speaks Consul's remote-exec protocol, the one `consul exec`
+// uses: a session, a job spec acquired in the KV store, a `_rexec` user event,
+// and the agents' acks, output chunks and exit codes read back from KV.
+//
+// It improves on `consul exec` where that client is weak: the target set is
+// resolved from the catalog and pinned with an anchored node filter, so a node
+// that joins later never runs the command; a run ends as soon as every
+// expected node has exited; each expected node ends with exactly one
+// classification (exited, lost, no_ack, cancelled); output is handed to the
+// caller as it arrives and deleted from KV once the caller has stored it; and
+// a run can be re-attached by another process without firing again.
+//
+// The package knows nothing about tenants, HTTP or SQL.
+package consul
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-cleanhttp"
+)
+
+// Defaults, as `consul exec` has them.
+const (
+	PrefixDefault         = "_rexec"
+	WaitDefault           = 2 * time.Second
+	WaitReplDefault       = 200 * time.Millisecond
+	SessionTTLDefault     = 15 * time.Second
+	RenewIntervalDefault  = 5 * time.Second
+	EventSizeLimitDefault = 512
+	KVMaxValueSizeDefault = 512 * 1024
+	TeardownTimeout       = 10 * time.Second
+)
+
+// TLSConfig configures HTTPS to the Consul agent.
+type TLSConfig struct {
+	// Enabled switches the scheme to https. Setting any other field implies it.
+	Enabled bool
+	// CAFile is a PEM bundle of CAs to trust. Default: the system pool.
+	CAFile string
+	// CertFile and KeyFile are the client certificate, when the agent
+	// verifies incoming HTTPS.
+	CertFile, KeyFile string
+	// ServerName overrides the name verified in the agent's certificate.
+	ServerName string
+	// InsecureSkipVerify disables certificate verification.
+	InsecureSkipVerify bool
+}
+
+func (t TLSConfig) on() bool {
+	return t.Enabled || t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != "" || t.InsecureSkipVerify
+}
+
+// Config configures a Client.
+type Config struct {
+	// Address is the agent's HTTP address, host:port. Default: 127.0.0.1:8500.
+	Address string
+	// Datacenter to run in. Default: the agent's own. A foreign datacenter
+	// binds the session to a server there, as `consul exec` does.
+	Datacenter string
+	// Token is the ACL token. A secret: it never appears in logs or errors.
+	Token string
+	// TLS configures HTTPS.
+	TLS TLSConfig
+	// HTTPClient replaces the HTTP client (tests count requests with it).
+	// Default: the consul/api client built from the fields above.
+	HTTPClient *http.Client
+	// SessionTTL is the session's TTL. The session is renewed every
+	// RenewInterval while a run is watched; if renewals stop, Consul deletes
+	// the run's keys within one to two TTLs. A longer TTL gives a replacement
+	// worker more time to re-attach. Default: 15s, as `consul exec`.
+	SessionTTL time.Duration
+	// RenewInterval is how often the session is renewed. Default: 5s, and at
+	// most a third of SessionTTL.
+	RenewInterval time.Duration
+	// EventSizeLimit is the agents' user event size limit in bytes.
+	// Default: 512, Consul's.
+	EventSizeLimit int
+	// KVMaxValueSize is the servers' limits.kv_max_value_size. Default: 512 KiB.
+	KVMaxValueSize int
+	// Logger receives debug and warning messages. Default: discard.
+	Logger *slog.Logger
+}
+
+// WithDefaults returns a copy of c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	c.Address = cmp.Or(c.Address, "127.0.0.1:8500")
+	c.SessionTTL = cmp.Or(c.SessionTTL, SessionTTLDefault)
+	c.RenewInterval = cmp.Or(c.RenewInterval, min(RenewIntervalDefault, c.SessionTTL/3))
+	c.EventSizeLimit = cmp.Or(c.EventSizeLimit, EventSizeLimitDefault)
+	c.KVMaxValueSize = cmp.Or(c.KVMaxValueSize, KVMaxValueSizeDefault)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.SessionTTL < 10*time.Second || c.SessionTTL > 24*time.Hour:
+		return errors.New("SessionTTL must be between 10s and 24h (Consul's limits)")
+	case c.RenewInterval <= 0 || c.RenewInterval > c.SessionTTL/2:
+		return errors.New("RenewInterval must be positive and at most half of SessionTTL")
+	case c.EventSizeLimit < 128:
+		return errors.New("EventSizeLimit must be at least 128")
+	case c.KVMaxValueSize < 1024:
+		return errors.New("KVMaxValueSize must be at least 1024")
+	case (c.TLS.CertFile == "") != (c.TLS.KeyFile == ""):
+		return errors.New("TLS.CertFile and TLS.KeyFile go together")
+	}
+	return nil
+}
+
+// Client runs remote-exec jobs through one Consul agent.
+type Client struct {
+	cfg Config
+	api *api.Client
+	log *slog.Logger
+}
+
+// New validates cfg and returns a Client. It does not contact Consul.
+func New(cfg Config) (*Client, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("consul config: %w", err)
+	}
+	// Built from scratch rather than from api.DefaultConfig, which reads
+	// CONSUL_HTTP_TOKEN and friends: a connection is exactly what its
+	// configuration says, whatever the process environment holds.
+	ac := &api.Config{
+		Address:    cfg.Address,
+		Scheme:     "http",
+		Datacenter: cfg.Datacenter,
+		Token:      cfg.Token,
+		Transport:  cleanhttp.DefaultPooledTransport(),
+	}
+	if cfg.TLS.on() {
+		ac.Scheme = "https"
+		ac.TLSConfig = api.TLSConfig{
+			Address:            cfg.TLS.ServerName,
+			CAFile:             cfg.TLS.CAFile,
+			CertFile:           cfg.TLS.CertFile,
+			KeyFile:            cfg.TLS.KeyFile,
+			InsecureSkipVerify: cfg.TLS.InsecureSkipVerify,
+		}
+	}
+	if cfg.HTTPClient != nil {
+		ac.HttpClient = cfg.HTTPClient
+	}
+	client, err := api.NewClient(ac)
+	if err != nil {
+		return nil, fmt.Errorf("consul client: %w", err)
+	}
+	return &Client{cfg: cfg, api: client, log: cfg.Logger}, nil
+}
+
+// API returns the underlying consul/api client.
+func (c *Client) API() *api.Client { return c.api }

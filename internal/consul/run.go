@@ -1,0 +1,636 @@
+package consul
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+var (
+	// ErrSessionGone means the run's session no longer exists: it was
+	// destroyed, or expired because nobody renewed it in time. Consul has
+	// deleted every key it held.
+	ErrSessionGone = errors.New("remote-exec session is gone")
+
+	// ErrDetach, given as the cause when cancelling the context of
+	// Execute (context.WithCancelCause), stops watching without tearing the
+	// run down: the session is left to expire so that another process can
+	// re-attach. Execute then returns ErrDetached.
+	ErrDetach = errors.New("detach from run")
+
+	// ErrDetached is returned by Execute after a detach or a handler error.
+	ErrDetached = errors.New("detached from run; session left for re-attach")
+)
+
+// sessionName is the name `consul exec` gives its sessions.
+const sessionName = "Remote Exec"
+
+// Run is one remote execution: a session and the job spec under
+// <prefix>/<session>/. Prepare or Attach creates it; Execute carries it out.
+type Run struct {
+	c       *Client
+	spec    Spec
+	targets []string
+	filters []string
+	session string
+	dir     string // <prefix>/<session>/
+
+	fired     bool // true after firing or for an attached run
+	renewStop context.CancelFunc
+	renewDone chan struct{}
+	lost      chan struct{} // closed when renewal finds the session gone
+	lostOnce  sync.Once
+
+	mu   sync.Mutex
+	done bool
+}
+
+// Run resolves nothing: it prepares and executes spec on exactly targets.
+// It is Prepare followed by Execute.
+func (c *Client) Run(ctx context.Context, spec Spec, targets []Node, h Handler) (*Result, error) {
+	r, err := c.Prepare(ctx, spec, targets)
+	if err != nil {
+		return nil, err
+	}
+	return r.Execute(ctx, h)
+}
+
+// Prepare validates spec and targets, creates the session and acquires the
+// job spec, but fires nothing: a caller that must record the session before
+// the command can run (to re-attach instead of firing again after a crash)
+// does so between Prepare and Execute. A prepared run that will not be
+// executed must be closed with Close.
+func (c *Client) Prepare(ctx context.Context, spec Spec, targets []Node) (*Run, error) {
+	spec = spec.WithDefaults()
+	if err := spec.Validate(c.cfg.KVMaxValueSize); err != nil {
+		return nil, err
+	}
+	names, err := targetNames(targets)
+	if err != nil {
+		return nil, err
+	}
+	// Every session ID has 36 bytes, so the events' sizes are known now:
+	// refuse before writing anything.
+	filters, err := pinnedFilters(names, encodePayload(spec.Prefix, strings.Repeat("0", 36)),
+		spec.ServiceFilter, spec.TagFilter, c.cfg.EventSizeLimit)
+	if err != nil {
+		return nil, err
+	}
+	job, err := spec.encodeJob()
+	if err != nil {
+		return nil, fmt.Errorf("encode job spec: %w", err)
+	}
+
+	session, err := c.createSession(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r := c.newRun(spec, names, session)
+	r.filters = filters
+	r.startRenewal()
+
+	ok, _, err := c.api.KV().Acquire(&api.KVPair{Key: r.dir + "job", Value: job, Session: session},
+		(&api.WriteOptions{}).WithContext(ctx))
+	if err == nil && !ok {
+		err = errors.New("lock not acquired")
+	}
+	if err != nil {
+		r.teardown(ctx)
+		return nil, fmt.Errorf("write job spec: %w", err)
+	}
+	c.log.DebugContext(ctx, "prepared remote exec", slog.String("session", session), slog.Int("targets", len(names)), slog.Int("events", len(filters)))
+	return r, nil
+}
+
+// Attach resumes watching a run that another process prepared and fired,
+// without firing again. It fails with ErrSessionGone when the session no
+// longer exists; the caller should then count every unfinished node lost.
+// spec must carry the run's prefix and wait settings; targets its frozen set.
+func (c *Client) Attach(ctx context.Context, spec Spec, session string, targets []Node) (*Run, error) {
+	spec = spec.WithDefaults()
+	if err := validatePrefix(spec.Prefix); err != nil {
+		return nil, err
+	}
+	names, err := targetNames(targets)
+	if err != nil {
+		return nil, err
+	}
+	entry, _, err := c.api.Session().Info(session, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("look up session: %w", err)
+	}
+	r := c.newRun(spec, names, session)
+	r.fired = true
+	if entry == nil {
+		// Consul deleted what the session held; remove any stragglers.
+		r.teardown(ctx)
+		return nil, ErrSessionGone
+	}
+	r.startRenewal()
+	return r, nil
+}
+
+func targetNames(targets []Node) ([]string, error) {
+	if len(targets) == 0 {
+		return nil, ErrNoTargets
+	}
+	names := make([]string, len(targets))
+	for i, t := range targets {
+		if t.Name == "" {
+			return nil, errors.New("target with an empty node name")
+		}
+		names[i] = t.Name
+	}
+	slices.Sort(names)
+	if len(slices.Compact(slices.Clone(names))) != len(names) {
+		return nil, errors.New("duplicate target node")
+	}
+	return names, nil
+}
+
+func (c *Client) newRun(spec Spec, names []string, session string) *Run {
+	return &Run{
+		c: c, spec: spec, targets: names, session: session,
+		dir:  path.Join(spec.Prefix, session) + "/",
+		lost: make(chan struct{}),
+	}
+}
+
+// Session is the run's Consul session ID. Record it before Execute to be
+// able to re-attach.
+func (r *Run) Session() string { return r.session }
+
+// createSession creates a session like `consul exec` does: Behavior delete,
+// so that destroying or losing it deletes every key it holds; in a foreign
+// datacenter bound to a server there, since the local agent is not a node of
+// that datacenter.
+func (c *Client) createSession(ctx context.Context) (string, error) {
+	wo := (&api.WriteOptions{}).WithContext(ctx)
+	entry := &api.SessionEntry{Name: sessionName, Behavior: api.SessionBehaviorDelete, TTL: c.cfg.SessionTTL.String()}
+	if c.cfg.Datacenter != "" {
+		self, err := c.api.Agent().Self()
+		if err != nil {
+			return "", fmt.Errorf("query local agent: %w", err)
+		}
+		localDC, _ := self["Config"]["Datacenter"].(string)
+		if localDC != c.cfg.Datacenter {
+			svcs, _, err := c.api.Health().Service("consul", "", true, (&api.QueryOptions{}).WithContext(ctx))
+			if err != nil {
+				return "", fmt.Errorf("find a Consul server in datacenter %s: %w", c.cfg.Datacenter, err)
+			}
+			if len(svcs) == 0 {
+				return "", fmt.Errorf("find a Consul server in datacenter %s: none is healthy", c.cfg.Datacenter)
+			}
+			localNode, _ := self["Config"]["NodeName"].(string)
+			entry.Name = fmt.Sprintf("%s via %s@%s", sessionName, localNode, localDC)
+			entry.Node = svcs[0].Node.Node
+			id, _, err := c.api.Session().CreateNoChecks(entry, wo)
+			if err != nil {
+				return "", fmt.Errorf("create session: %w", err)
+			}
+			return id, nil
+		}
+	}
+	id, _, err := c.api.Session().Create(entry, wo)
+	if err != nil {
+		return "", fmt.Errorf("create session: %w", err)
+	}
+	return id, nil
+}
+
+// startRenewal renews the session every RenewInterval until teardown or
+// detach. Transient errors are retried at the next tick: the TTL leaves
+// room for two misses. A session that no longer exists closes r.lost.
+func (r *Run) startRenewal() {
+	ctx, cancel := context.WithCancel(context.Background())
+	r.renewStop = cancel
+	r.renewDone = make(chan struct{})
+	go func() {
+		defer close(r.renewDone)
+		t := time.NewTicker(r.c.cfg.RenewInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			entry, _, err := r.c.api.Session().Renew(r.session, (&api.WriteOptions{}).WithContext(ctx))
+			switch {
+			case ctx.Err() != nil:
+				return
+			case err != nil:
+				r.c.log.WarnContext(ctx, "renew remote-exec session", slog.String("session", r.session), slog.Any("error", err))
+			case entry == nil:
+				r.c.log.WarnContext(ctx, "remote-exec session is gone", slog.String("session", r.session))
+				r.lostOnce.Do(func() { close(r.lost) })
+				return
+			}
+		}
+	}()
+}
+
+func (r *Run) stopRenewal() {
+	if r.renewStop != nil {
+		r.renewStop()
+		<-r.renewDone
+	}
+}
+
+// Close tears down a run that will not be executed: it destroys the session
+// and deletes the run's KV tree. Execute does this itself; Close after it is
+// a no-op.
+func (r *Run) Close(ctx context.Context) {
+	r.teardown(ctx)
+}
+
+// teardown destroys the session first, so that agents' further writes fail,
+// then deletes the tree for anything left. It runs once, on a context that
+// outlives the caller's cancellation.
+func (r *Run) teardown(ctx context.Context) {
+	r.mu.Lock()
+	if r.done {
+		r.mu.Unlock()
+		return
+	}
+	r.done = true
+	r.mu.Unlock()
+	r.stopRenewal()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), TeardownTimeout)
+	defer cancel()
+	wo := (&api.WriteOptions{}).WithContext(ctx)
+	if _, err := r.c.api.Session().Destroy(r.session, wo); err != nil {
+		r.c.log.WarnContext(ctx, "destroy remote-exec session", slog.String("session", r.session), slog.Any("error", err))
+	}
+	if _, err := r.c.api.KV().DeleteTree(strings.TrimSuffix(r.dir, "/"), wo); err != nil {
+		r.c.log.WarnContext(ctx, "delete remote-exec prefix", slog.String("prefix", r.dir), slog.Any("error", err))
+	}
+}
+
+// detach stops renewing and leaves everything in place.
+func (r *Run) detach() {
+	r.mu.Lock()
+	r.done = true
+	r.mu.Unlock()
+	r.stopRenewal()
+}
+
+// Execute fires the run's event(s) (unless the run was attached), watches
+// the agents' reports, hands them to h as they arrive, and tears the run
+// down at the end, on every path but a detach. It returns once every
+// expected node has exited, or the quiet period passed, or ctx ended.
+//
+// Cancelling ctx cancels the run: the session and its keys are destroyed and
+// unfinished nodes are NodeCancelled. Stock agents keep running the command;
+// they only stop uploading. Cancelling with cause ErrDetach instead leaves
+// the run for another process to re-attach.
+func (r *Run) Execute(ctx context.Context, h Handler) (*Result, error) {
+	r.mu.Lock()
+	if r.done {
+		r.mu.Unlock()
+		return nil, errors.New("run already executed or closed")
+	}
+	r.mu.Unlock()
+
+	res := &Result{Session: r.session}
+	if !r.fired {
+		if err := r.fire(ctx, res); err != nil {
+			if detaching(ctx) {
+				r.detach()
+				return nil, ErrDetached
+			}
+			r.teardown(ctx)
+			return nil, err
+		}
+	}
+	w := newWatcher(r, h)
+	outcome, err := w.watch(ctx)
+	if err != nil || outcome == "" {
+		r.detach()
+		if err == nil {
+			err = ErrDetached
+		}
+		return nil, err
+	}
+	r.teardown(ctx)
+	res.Outcome = outcome
+	res.Nodes = w.results(outcome)
+	res.FinishedAt = time.Now()
+	return res, nil
+}
+
+func detaching(ctx context.Context) bool {
+	return errors.Is(context.Cause(ctx), ErrDetach)
+}
+
+// fire waits wait-repl, then fires one event per pinned filter. If a later
+// event fails after an earlier one went out, the run goes on: its nodes were
+// told, and the rest will end no_ack.
+func (r *Run) fire(ctx context.Context, res *Result) error {
+	t := time.NewTimer(r.spec.WaitRepl)
+	select {
+	case <-ctx.Done():
+		t.Stop()
+		return fmt.Errorf("wait-repl: %w", context.Cause(ctx))
+	case <-t.C:
+	}
+	payload := encodePayload(r.spec.Prefix, r.session)
+	for i, f := range r.filters {
+		ev := &api.UserEvent{Name: eventName, Payload: payload, NodeFilter: f, ServiceFilter: r.spec.ServiceFilter, TagFilter: r.spec.TagFilter}
+		_, _, err := r.c.api.Event().Fire(ev, (&api.WriteOptions{}).WithContext(ctx))
+		if err != nil {
+			if i == 0 {
+				return fmt.Errorf("fire event: %w", err)
+			}
+			r.c.log.ErrorContext(ctx, "fire event", slog.Int("event", i+1), slog.Int("of", len(r.filters)), slog.Any("error", err))
+			break
+		}
+		if i == 0 {
+			res.FiredAt = time.Now()
+		}
+		res.Events++
+	}
+	r.fired = true
+	return nil
+}
+
+// nodeState is what the watcher knows of one expected node.
+type nodeState struct {
+	ackedAt  time.Time
+	exitedAt time.Time
+	exitCode int
+}
+
+// watcher reads the run's KV tree with blocking queries.
+type watcher struct {
+	r        *Run
+	h        Handler
+	nodes    map[string]*nodeState
+	seen     map[string]bool // keys already handed to h
+	unknown  map[string]bool // nodes outside the target set, warned once
+	acked    int
+	exited   int
+	toDelete []string // confirmed chunk keys still in KV
+}
+
+func newWatcher(r *Run, h Handler) *watcher {
+	w := &watcher{r: r, h: h, nodes: map[string]*nodeState{}, seen: map[string]bool{}, unknown: map[string]bool{}}
+	for _, n := range r.targets {
+		w.nodes[n] = &nodeState{}
+	}
+	return w
+}
+
+// watch returns the outcome, or "" and an error when the run must be left
+// for re-attach (handler error, detach, or Consul unreachable for too long).
+func (w *watcher) watch(ctx context.Context) (Outcome, error) {
+	r := w.r
+	kv := r.c.api.KV()
+	lastActivity := time.Now()
+	var index uint64
+	var failingSince time.Time
+	// Blocking reads end early when the session is found gone.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-r.lost:
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
+	for {
+		if w.exited == len(w.nodes) {
+			return OutcomeCompleted, nil
+		}
+		quiet := r.spec.Wait
+		if w.acked > w.exited {
+			quiet *= 2
+		}
+		remaining := time.Until(lastActivity.Add(quiet))
+		if remaining <= 0 {
+			return OutcomeQuiet, nil
+		}
+		select {
+		case <-r.lost:
+			return OutcomeSessionLost, nil
+		default:
+		}
+		if ctx.Err() != nil {
+			if detaching(ctx) {
+				// Spare the next watcher chunks that are already stored.
+				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), TeardownTimeout)
+				w.deleteConfirmed(dctx)
+				cancel()
+				return "", ErrDetached
+			}
+			return OutcomeCancelled, nil
+		}
+		w.deleteConfirmed(ctx)
+
+		pairs, meta, err := kv.List(r.dir, (&api.QueryOptions{WaitIndex: index, WaitTime: remaining}).WithContext(wctx))
+		if err != nil {
+			if ctx.Err() != nil || isClosed(r.lost) {
+				continue // classified at the top of the loop
+			}
+			if failingSince.IsZero() {
+				failingSince = time.Now()
+			}
+			if time.Since(failingSince) > r.c.cfg.SessionTTL {
+				return "", fmt.Errorf("read run results: %w", err)
+			}
+			r.c.log.WarnContext(ctx, "read run results", slog.String("session", r.session), slog.Any("error", err))
+			select {
+			case <-ctx.Done():
+			case <-time.After(500 * time.Millisecond):
+			}
+			// Never declare a run quiet on a read that failed.
+			lastActivity = time.Now()
+			continue
+		}
+		failingSince = time.Time{}
+		if meta.LastIndex < index {
+			index = 0 // the index went backwards (a restored snapshot): start over
+		} else {
+			index = meta.LastIndex
+		}
+		events := w.collect(pairs)
+		if len(events) == 0 {
+			continue
+		}
+		lastActivity = time.Now()
+		if err := w.h(ctx, events); err != nil {
+			return "", fmt.Errorf("handle events: %w", err)
+		}
+		for _, e := range events {
+			if e.Kind == EventOutput || e.Kind == EventHeartbeat {
+				w.toDelete = append(w.toDelete, chunkKey(r.dir, e.Node, e.Seq))
+			}
+		}
+	}
+}
+
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+func chunkKey(dir, node string, seq int) string {
+	return fmt.Sprintf("%s%s/out/%05x", dir, node, seq)
+}
+
+// collect turns the keys not seen before into events, in per-node order.
+func (w *watcher) collect(pairs api.KVPairs) []Event {
+	type nodeNews struct {
+		ack    bool
+		chunks []Event
+		exit   *Event
+	}
+	news := map[string]*nodeNews{}
+	get := func(n string) *nodeNews {
+		if news[n] == nil {
+			news[n] = &nodeNews{}
+		}
+		return news[n]
+	}
+	now := time.Now()
+	for _, p := range pairs {
+		if w.seen[p.Key] {
+			continue
+		}
+		rel := strings.TrimPrefix(p.Key, w.r.dir)
+		if rel == "job" {
+			continue
+		}
+		var node string
+		var ev Event
+		switch {
+		case strings.HasSuffix(rel, "/ack"):
+			node = strings.TrimSuffix(rel, "/ack")
+			ev = Event{Kind: EventAck}
+		case strings.HasSuffix(rel, "/exit"):
+			node = strings.TrimSuffix(rel, "/exit")
+			code, err := strconv.Atoi(strings.TrimSpace(string(p.Value)))
+			if err != nil {
+				w.r.c.log.Warn("unparsable exit code", slog.String("key", p.Key), slog.String("value", string(p.Value)))
+				continue
+			}
+			ev = Event{Kind: EventExit, ExitCode: code}
+		case strings.Contains(rel, "/out/"):
+			i := strings.LastIndex(rel, "/out/")
+			node = rel[:i]
+			seq, err := strconv.ParseUint(rel[i+len("/out/"):], 16, 31)
+			if err != nil {
+				w.r.c.log.Warn("unknown key", slog.String("key", p.Key))
+				continue
+			}
+			ev = Event{Kind: EventOutput, Seq: int(seq), Data: p.Value}
+			if len(p.Value) == 0 {
+				ev = Event{Kind: EventHeartbeat, Seq: int(seq)}
+			}
+		default:
+			w.r.c.log.Warn("unknown key", slog.String("key", p.Key))
+			continue
+		}
+		if w.nodes[node] == nil {
+			if !w.unknown[node] {
+				w.unknown[node] = true
+				w.r.c.log.Warn("report from a node outside the target set; ignored", slog.String("node", node))
+			}
+			continue
+		}
+		w.seen[p.Key] = true
+		ev.Node, ev.At = node, now
+		nn := get(node)
+		switch ev.Kind {
+		case EventAck:
+			nn.ack = true
+		case EventExit:
+			nn.exit = &ev
+		default:
+			nn.chunks = append(nn.chunks, ev)
+		}
+	}
+
+	var out []Event
+	for _, node := range w.r.targets {
+		nn := news[node]
+		if nn == nil {
+			continue
+		}
+		st := w.nodes[node]
+		// An exit implies an ack even if the ack key was missed.
+		if (nn.ack || nn.exit != nil || len(nn.chunks) > 0) && st.ackedAt.IsZero() {
+			st.ackedAt = now
+			w.acked++
+			out = append(out, Event{Kind: EventAck, Node: node, At: now})
+		}
+		slices.SortFunc(nn.chunks, func(a, b Event) int { return a.Seq - b.Seq })
+		out = append(out, nn.chunks...)
+		if nn.exit != nil && st.exitedAt.IsZero() {
+			st.exitedAt, st.exitCode = now, nn.exit.ExitCode
+			w.exited++
+			out = append(out, *nn.exit)
+		}
+	}
+	return out
+}
+
+// deleteConfirmed removes chunks the handler stored, in transactions of at
+// most 64 operations (Consul's limit). Failures only leave the chunks for
+// the teardown to remove.
+func (w *watcher) deleteConfirmed(ctx context.Context) {
+	for len(w.toDelete) > 0 {
+		n := min(len(w.toDelete), 64)
+		ops := make(api.TxnOps, n)
+		for i, k := range w.toDelete[:n] {
+			ops[i] = &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: k}}
+		}
+		ok, resp, _, err := w.r.c.api.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil || !ok {
+			if err == nil && resp != nil && len(resp.Errors) > 0 {
+				err = errors.New(resp.Errors[0].What)
+			}
+			w.r.c.log.WarnContext(ctx, "delete stored chunks", slog.String("session", w.r.session), slog.Any("error", err))
+			w.toDelete = nil
+			return
+		}
+		w.toDelete = w.toDelete[n:]
+	}
+}
+
+// results classifies every expected node.
+func (w *watcher) results(outcome Outcome) []NodeResult {
+	out := make([]NodeResult, 0, len(w.r.targets))
+	for _, name := range w.r.targets {
+		st := w.nodes[name]
+		nr := NodeResult{Node: name, AckedAt: st.ackedAt, ExitedAt: st.exitedAt, ExitCode: st.exitCode}
+		switch {
+		case !st.exitedAt.IsZero():
+			nr.State = NodeExited
+		case outcome == OutcomeCancelled:
+			nr.State = NodeCancelled
+		case !st.ackedAt.IsZero():
+			nr.State = NodeLost
+		case outcome == OutcomeSessionLost:
+			nr.State = NodeLost
+		default:
+			nr.State = NodeNoAck
+		}
+		out = append(out, nr)
+	}
+	return out
+}

@@ -1,0 +1,445 @@
+package consul_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rexec/rexec/internal/consul"
+)
+
+func TestResolve(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := ctxT(t, time.Minute)
+	long := func() []string { return slices.Clone(longNames[:]) }
+
+	for _, tc := range []struct {
+		note    string
+		spec    consul.Spec
+		want    []string
+		wantErr error
+	}{
+		{note: "node regex is unanchored", spec: consul.Spec{NodeFilter: "eb-"}, want: []string{"web-1", "web-2"}},
+		{note: "service", spec: consul.Spec{ServiceFilter: "^web$"}, want: []string{"web-1", "web-2"}},
+		{note: "service and tag", spec: consul.Spec{ServiceFilter: "web", TagFilter: "^green$"}, want: []string{"web-2"}},
+		{note: "tag of another service does not count", spec: consul.Spec{ServiceFilter: "^db$", TagFilter: "lru"}, wantErr: consul.ErrNoTargets},
+		{note: "service ID, as agents match", spec: consul.Spec{ServiceFilter: "^cache-a$"}, want: []string{"db-1"}},
+		{note: "service name that differs from its ID is not matched", spec: consul.Spec{ServiceFilter: "^cache$"}, wantErr: consul.ErrNoTargets},
+		{note: "node and service", spec: consul.Spec{NodeFilter: "^long-", ServiceFilter: "long"}, want: long()},
+		{note: "no match", spec: consul.Spec{NodeFilter: "^nothing$"}, wantErr: consul.ErrNoTargets},
+	} {
+		t.Run(tc.note, func(t *testing.T) {
+			nodes, err := b.client.Resolve(ctx, tc.spec)
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := nodeNames(nodes); !slices.Equal(got, tc.want) {
+				t.Errorf("nodes = %v, want %v", got, tc.want)
+			}
+		})
+	}
+
+	t.Run("all nodes with services and tags", func(t *testing.T) {
+		nodes, err := b.client.Resolve(ctx, consul.Spec{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := nodeNames(nodes), allAlive(b.cluster); !slices.Equal(got, want) {
+			t.Fatalf("nodes = %v, want %v", got, want)
+		}
+		for _, n := range nodes {
+			if n.Name == "web-2" {
+				if len(n.Services) != 1 || n.Services[0].Name != "web" || !slices.Equal(n.Services[0].Tags, []string{"v2", "green"}) {
+					t.Errorf("web-2 services = %+v", n.Services)
+				}
+				if n.Address != b.cluster.Agent("web-2").IP() {
+					t.Errorf("web-2 address = %s", n.Address)
+				}
+			}
+		}
+	})
+}
+
+func TestRunEarlyCompletion(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := ctxT(t, time.Minute)
+	spec := b.spec("echo", "hello;", "exit", "3")
+	spec.NodeFilter = "^web-"
+	spec.Wait = 10 * time.Second // the quiet period must not be what ends the run
+	targets, err := b.client.Resolve(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var col collector
+	start := time.Now()
+	res, err := b.client.Run(ctx, spec, targets, col.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Outcome != consul.OutcomeCompleted {
+		t.Errorf("outcome = %s, want completed", res.Outcome)
+	}
+	if elapsed := time.Since(start); elapsed >= spec.Wait {
+		t.Errorf("run took %s: it waited out the quiet period", elapsed)
+	}
+	for _, n := range res.Nodes {
+		if n.State != consul.NodeExited || n.ExitCode != 3 {
+			t.Errorf("%s: %s %d, want exited 3", n.Node, n.State, n.ExitCode)
+		}
+		if got := col.output(n.Node); got != "hello\n" {
+			t.Errorf("%s output = %q", n.Node, got)
+		}
+	}
+	if res.Events != 1 {
+		t.Errorf("events fired = %d, want 1", res.Events)
+	}
+	col.checkOrder(t)
+	b.assertClean(t, res.Session)
+}
+
+func TestRunNoAck(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := ctxT(t, time.Minute)
+	spec := b.spec("true")
+	spec.NodeFilter = "^(noexec-1|web-1)$"
+	spec.Wait = 500 * time.Millisecond
+	targets, err := b.client.Resolve(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var col collector
+	res, err := b.client.Run(ctx, spec, targets, col.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := resultsByNode(res)
+	if n := got["noexec-1"]; n.State != consul.NodeNoAck {
+		t.Errorf("noexec-1: %s, want no_ack", n.State)
+	}
+	if n := got["web-1"]; n.State != consul.NodeExited || n.ExitCode != 0 {
+		t.Errorf("web-1: %s %d, want exited 0", n.State, n.ExitCode)
+	}
+	if res.Outcome != consul.OutcomeQuiet {
+		t.Errorf("outcome = %s, want quiet", res.Outcome)
+	}
+	if exited, acked := res.Counts(); exited != 1 || acked != 1 {
+		t.Errorf("counts = %d / %d, want 1 / 1", exited, acked)
+	}
+	b.assertClean(t, res.Session)
+}
+
+// TestRunLost kills an agent while its command runs. It is not parallel: it
+// takes an agent away from the cluster for a while.
+func TestRunLost(t *testing.T) {
+	b := setup(t)
+	ctx := ctxT(t, 2*time.Minute)
+	victim := b.cluster.Agent("victim-1")
+	t.Cleanup(func() {
+		if err := victim.Restart(context.Background()); err != nil {
+			t.Errorf("restart victim-1: %v", err)
+		}
+	})
+	spec := b.spec("if [ \"$(basename $PWD)\" = victim-1 ]; then echo started; sleep 60; fi; echo done")
+	spec.NodeFilter = "^(victim-1|web-2)$"
+	spec.Wait = time.Second
+	targets, err := b.client.Resolve(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	col := collector{}
+	killed := make(chan struct{})
+	col.onAck = func(node string) {
+		if node == "victim-1" {
+			go func() { victim.Kill(); close(killed) }()
+		}
+	}
+	res, err := b.client.Run(ctx, spec, targets, col.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-killed
+	got := resultsByNode(res)
+	if n := got["victim-1"]; n.State != consul.NodeLost {
+		t.Errorf("victim-1: %s, want lost", n.State)
+	}
+	if n := got["web-2"]; n.State != consul.NodeExited || col.output("web-2") != "done\n" {
+		t.Errorf("web-2: %s, output %q", n.State, col.output("web-2"))
+	}
+	b.assertClean(t, res.Session)
+}
+
+func TestRunLargeOutput(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := ctxT(t, 2*time.Minute)
+	hashFile := filepath.Join(t.TempDir(), "sha256")
+	if err := os.Chmod(filepath.Dir(hashFile), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	const size = 2 << 20
+	// Random bytes, so that any lost, repeated or reordered chunk shows;
+	// the command itself records the hash of what it wrote.
+	spec := b.spec(fmt.Sprintf("f=$(mktemp); head -c %d /dev/urandom > $f; sha256sum $f | cut -c1-64 > %s; cat $f; rm -f $f", size, hashFile))
+	spec.NodeFilter = "^web-2$"
+	targets, err := b.client.Resolve(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var col collector
+	res, err := b.client.Run(ctx, spec, targets, col.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := res.Nodes[0]; n.State != consul.NodeExited || n.ExitCode != 0 {
+		t.Fatalf("web-2: %s %d", n.State, n.ExitCode)
+	}
+	out := col.output("web-2")
+	want, err := os.ReadFile(hashFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte(out))
+	if len(out) != size || hex.EncodeToString(sum[:]) != strings.TrimSpace(string(want)) {
+		t.Errorf("received %d bytes with sha256 %x, want %d bytes with %s", len(out), sum, size, want)
+	}
+	col.checkOrder(t)
+	b.assertClean(t, res.Session)
+}
+
+// TestRunDeletesStoredChunks checks that KV holds at most the unstored tail
+// while a run goes on: once the handler returns, its chunks leave KV.
+func TestRunDeletesStoredChunks(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := ctxT(t, time.Minute)
+	gate := filepath.Join(t.TempDir(), "gate")
+	if err := os.Chmod(filepath.Dir(gate), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	spec := b.spec(fmt.Sprintf("echo first; while [ ! -f %s ]; do sleep 0.05; done; echo second", gate))
+	spec.NodeFilter = "^web-1$"
+	spec.Wait = 5 * time.Second
+	targets, err := b.client.Resolve(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var session string
+	stored := 0
+	h := func(ctx context.Context, evs []consul.Event) error {
+		for _, e := range evs {
+			if e.Kind == consul.EventOutput && string(e.Data) == "first\n" {
+				stored++
+				// The next watch round deletes the chunk; once it is gone,
+				// let the command go on.
+				go func() {
+					for ctx.Err() == nil {
+						keys, _, err := b.api.KV().Keys(b.prefix+"/"+session+"/web-1/out/", "", nil)
+						if err == nil && len(keys) == 0 {
+							os.WriteFile(gate, nil, 0o644)
+							return
+						}
+						time.Sleep(20 * time.Millisecond)
+					}
+				}()
+			}
+		}
+		return nil
+	}
+	r, err := b.client.Prepare(ctx, spec, targets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	session = r.Session()
+	res, err := r.Execute(ctx, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored != 1 || res.Nodes[0].State != consul.NodeExited {
+		t.Fatalf("stored %d first chunks; web-1 %s", stored, res.Nodes[0].State)
+	}
+	b.assertClean(t, res.Session)
+}
+
+func TestRunCancel(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx, cancel := context.WithCancel(ctxT(t, time.Minute))
+	spec := b.spec("sleep 30")
+	spec.NodeFilter = "^(web-1|noexec-1)$"
+	targets, err := b.client.Resolve(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	col := collector{onAck: func(string) { cancel() }}
+	res, err := b.client.Run(ctx, spec, targets, col.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Outcome != consul.OutcomeCancelled {
+		t.Errorf("outcome = %s", res.Outcome)
+	}
+	for _, n := range res.Nodes {
+		if n.State != consul.NodeCancelled {
+			t.Errorf("%s: %s, want cancelled", n.Node, n.State)
+		}
+	}
+	b.assertClean(t, res.Session)
+}
+
+// TestRunReattach detaches from a running run and has a second watcher
+// finish it without firing again.
+func TestRunReattach(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := ctxT(t, time.Minute)
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	gate, runs := filepath.Join(dir, "gate"), filepath.Join(dir, "runs")
+	spec := b.spec(fmt.Sprintf("echo run >> %s; echo before; while [ ! -f %s ]; do sleep 0.05; done; echo after", runs, gate))
+	spec.NodeFilter = "^web-2$"
+	spec.Wait = 5 * time.Second
+	targets, err := b.client.Resolve(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := b.client.Prepare(ctx, spec, targets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	session := r.Session()
+
+	// First watcher: detach as soon as the first chunk is stored.
+	wctx, detach := context.WithCancelCause(ctx)
+	var first collector
+	h1 := func(ctx context.Context, evs []consul.Event) error {
+		first.handle(ctx, evs)
+		if first.output("web-2") != "" {
+			detach(consul.ErrDetach)
+		}
+		return nil
+	}
+	if _, err := r.Execute(wctx, h1); !errors.Is(err, consul.ErrDetached) {
+		t.Fatalf("first watcher: err = %v, want ErrDetached", err)
+	}
+	if entry, _, err := b.api.Session().Info(session, nil); err != nil || entry == nil {
+		t.Fatalf("session after detach: %v %v", entry, err)
+	}
+
+	// Second watcher, as a replacement worker would.
+	r2, err := b.client.Attach(ctx, spec, session, targets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var second collector
+	res, err := r2.Execute(ctx, second.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := res.Nodes[0]; n.State != consul.NodeExited || n.ExitCode != 0 {
+		t.Errorf("web-2: %s %d", n.State, n.ExitCode)
+	}
+	if res.Events != 0 {
+		t.Errorf("re-attach fired %d events", res.Events)
+	}
+	if got := first.output("web-2") + second.output("web-2"); got != "before\nafter\n" {
+		t.Errorf("output across both watchers = %q", got)
+	}
+	if b, _ := os.ReadFile(runs); string(b) != "run\n" {
+		t.Errorf("command ran %d times", strings.Count(string(b), "run"))
+	}
+	b.assertClean(t, session)
+
+	// Attaching to a session that is gone says so.
+	if _, err := b.client.Attach(ctx, spec, session, targets); !errors.Is(err, consul.ErrSessionGone) {
+		t.Errorf("attach to destroyed session: err = %v, want ErrSessionGone", err)
+	}
+}
+
+// TestRunPinnedFilterSplit runs on seven 63-byte node names, whose pinned
+// filter passes the event limit, after one of the seven was away when the
+// target set was resolved: the command runs on exactly the six resolved.
+// Not parallel: it stops an agent.
+func TestRunPinnedFilterSplit(t *testing.T) {
+	b := setup(t)
+	ctx := ctxT(t, 2*time.Minute)
+	late := b.cluster.Agent(longNames[6])
+	late.Stop()
+	t.Cleanup(func() {
+		if !late.Running() { // the test failed before restarting it
+			if err := late.Restart(context.Background()); err != nil {
+				t.Errorf("restart %s: %v", late.Name(), err)
+			}
+		}
+	})
+	spec := b.spec("touch ran-$(basename " + b.prefix + "); basename $PWD")
+	spec.NodeFilter = "^long-"
+	var targets []consul.Node
+	for { // wait for the catalog to see the agent gone
+		nodes, err := b.client.Resolve(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(nodes) == 6 {
+			targets = nodes
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("catalog still lists the stopped agent")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := late.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if now, err := b.client.Resolve(ctx, spec); err != nil || len(now) != 7 {
+		t.Fatalf("after restart the filter matches %d nodes (%v), want 7", len(now), err)
+	}
+
+	var col collector
+	res, err := b.client.Run(ctx, spec, targets, col.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Events < 2 {
+		t.Errorf("fired %d events, want the filter split over at least 2", res.Events)
+	}
+	if res.Outcome != consul.OutcomeCompleted {
+		t.Errorf("outcome = %s", res.Outcome)
+	}
+	for _, n := range res.Nodes {
+		if n.State != consul.NodeExited || col.output(n.Node) != n.Node+"\n" {
+			t.Errorf("%s: %s, output %q", n.Node, n.State, col.output(n.Node))
+		}
+	}
+	marker := "ran-" + filepath.Base(b.prefix)
+	for _, name := range longNames {
+		_, err := os.Stat(filepath.Join(b.cluster.Agent(name).Dir(), marker))
+		ran := err == nil
+		if want := name != late.Name(); ran != want {
+			t.Errorf("%s ran the command: %t, want %t", name, ran, want)
+		}
+	}
+	b.assertClean(t, res.Session)
+}
