@@ -22,28 +22,49 @@ func encodePayload(prefix, session string) []byte {
 }
 
 // userEventSize is the number of bytes Consul checks against its user event
-// limit. The check (serf's UserEvent, "user event exceeds configured limit of
-// 512 bytes before encoding") counts the internal event name
-// "consul:event:<name>" plus the msgpack encoding of agent.UserEvent, which
-// carries the field names, a 36-byte event ID and a version besides the
-// payload and filters. So the room left for filters is well under what the
-// error message suggests; the size is computed here exactly, and a test pins
-// it against a real agent.
+// limit. Serf checks twice (serf.UserEvent): before encoding, the internal
+// event name "consul:event:<name>" plus the msgpack encoding of
+// agent.UserEvent, which carries field names, a 36-byte event ID and a
+// version besides the payload and filters; after encoding, its own message
+// around that, with a Lamport time whose size grows with the cluster's event
+// history (counted here at its largest, 9 bytes). The second check binds, so
+// the room left for filters is well under what the first error message
+// suggests; a test pins this against a real agent.
 func userEventSize(name string, payload []byte, nodeFilter, serviceFilter, tagFilter string) int {
-	size := len("consul:event:") + len(name)
-	size++                              // fixmap header (at most 7 entries)
-	size += mpStr(2) + mpStr(36)        // "ID": UUID
-	size += mpStr(1) + mpStr(len(name)) // "n"
+	inner := 1                           // fixmap header (at most 7 entries)
+	inner += mpStr(2) + mpStr(36)        // "ID": UUID
+	inner += mpStr(1) + mpStr(len(name)) // "n"
 	if len(payload) > 0 {
-		size += mpStr(1) + mpBin(len(payload)) // "p"
+		inner += mpStr(1) + mpBin(len(payload)) // "p"
 	}
 	for _, f := range []string{nodeFilter, serviceFilter, tagFilter} {
 		if f != "" {
-			size += mpStr(2) + mpStr(len(f)) // "nf", "sf", "tf"
+			inner += mpStr(2) + mpStr(len(f)) // "nf", "sf", "tf"
 		}
 	}
-	size += mpStr(1) + 1 // "v": positive fixint
-	return size
+	inner += mpStr(1) + 1 // "v": positive fixint
+
+	serfName := len("consul:event:") + len(name)
+	before := serfName + inner
+	// serf's messageUserEvent, with its default handle (no str8, no bin).
+	after := 1 + 1 // message type, fixmap header
+	after += mpRaw(len("LTime")) + 9
+	after += mpRaw(len("Name")) + mpRaw(serfName)
+	after += mpRaw(len("Payload")) + mpRaw(inner)
+	after += mpRaw(len("CC")) + 1
+	return max(before, after)
+}
+
+// mpRaw is the size of a string or byte slice of n bytes in msgpack's old
+// spec, which serf's handle writes: fixraw, raw16, raw32.
+func mpRaw(n int) int {
+	switch {
+	case n < 32:
+		return 1 + n
+	case n < 1<<16:
+		return 3 + n
+	}
+	return 5 + n
 }
 
 // mpStr is the msgpack size of a string of n bytes (str8 is used, as
