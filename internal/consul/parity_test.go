@@ -35,7 +35,7 @@ var (
 )
 
 // consulExec runs the real `consul exec` against addr.
-func consulExec(t *testing.T, ctx context.Context, addr string, stdin []byte, args ...string) execReport {
+func consulExec(t testing.TB, ctx context.Context, addr string, stdin []byte, args ...string) execReport {
 	t.Helper()
 	bin, err := localconsul.FindBinary(ctx)
 	if err != nil {

@@ -397,7 +397,7 @@ func (w *watcher) watch(ctx context.Context) (Outcome, error) {
 	kv := r.c.api.KV()
 	lastActivity := time.Now()
 	var index uint64
-	var failingSince time.Time
+	var failingSince, lastRound time.Time
 	// Blocking reads end early when the session is found gone.
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -436,7 +436,13 @@ func (w *watcher) watch(ctx context.Context) (Outcome, error) {
 			return OutcomeCancelled, nil
 		}
 		w.deleteConfirmed(ctx)
-
+		if wait := time.Until(lastRound.Add(r.c.cfg.RoundInterval)); wait > 0 {
+			select {
+			case <-time.After(wait):
+			case <-wctx.Done():
+			}
+		}
+		lastRound = time.Now()
 		pairs, meta, err := kv.List(r.dir, (&api.QueryOptions{WaitIndex: index, WaitTime: remaining}).WithContext(wctx))
 		if err != nil {
 			if ctx.Err() != nil || isClosed(r.lost) {

@@ -1,0 +1,81 @@
+package consul_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rexec/rexec/internal/consul"
+	"github.com/rexec/rexec/internal/testenv"
+)
+
+// benchNodes is every node with remote exec on: a node that never answers
+// would make both clients wait out their quiet period.
+const benchNodes = "^(consul-server|web-.*|db-.*|victim-.*|long-.*)$"
+
+// BenchmarkEngineVsConsulExec runs the same trivial command on the same
+// nodes alternately with `consul exec` and with the engine (target
+// resolution included), both through one counting proxy in front of the
+// web-1 agent, and reports each one's time and Consul HTTP requests per run.
+//
+//	go test ./internal/consul -run '^$' -bench EngineVsConsulExec -benchtime 10x
+func BenchmarkEngineVsConsulExec(b *testing.B) {
+	cl := testenv.Cluster(b)
+	target, _ := url.Parse("http://" + cl.Agent("web-1").HTTPAddr())
+	var requests atomic.Int64
+	rp := httputil.NewSingleHostReverseProxy(target)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		rp.ServeHTTP(w, r)
+	}))
+	defer proxy.Close()
+	addr := proxy.Listener.Addr().String()
+	client, err := consul.New(consul.Config{Address: addr})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := b.Context()
+	prefix := testenv.Prefix(b)
+
+	var ceTime, enTime time.Duration
+	var ceReq, enReq int64
+	for b.Loop() {
+		n := requests.Load()
+		start := time.Now()
+		rep := consulExec(b, ctx, addr, nil, "-prefix", prefix, "-node", benchNodes, "true")
+		ceTime += time.Since(start)
+		ceReq += requests.Load() - n
+		if rep.code != 0 || len(rep.exits) == 0 {
+			b.Fatalf("consul exec: code %d, %d nodes", rep.code, len(rep.exits))
+		}
+
+		n = requests.Load()
+		start = time.Now()
+		spec := consul.Spec{Argv: []string{"true"}, NodeFilter: benchNodes, Prefix: prefix}
+		targets, err := client.Resolve(ctx, spec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		res, err := client.Run(ctx, spec, targets, func(ctx context.Context, _ []consul.Event) error { return nil })
+		if err != nil {
+			b.Fatal(err)
+		}
+		enTime += time.Since(start)
+		enReq += requests.Load() - n
+		if exited, _ := res.Counts(); exited != len(rep.exits) || res.Outcome != consul.OutcomeCompleted {
+			b.Fatalf("engine: %d nodes exited (%s), consul exec %d", exited, res.Outcome, len(rep.exits))
+		}
+	}
+	runs := float64(b.N)
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(float64(ceTime.Milliseconds())/runs, "consul-exec-ms/run")
+	b.ReportMetric(float64(enTime.Milliseconds())/runs, "engine-ms/run")
+	b.ReportMetric(float64(enTime)/float64(ceTime), "time-ratio")
+	b.ReportMetric(float64(ceReq)/runs, "consul-exec-req/run")
+	b.ReportMetric(float64(enReq)/runs, "engine-req/run")
+}
