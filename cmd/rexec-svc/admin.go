@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rexec/rexec/internal/audit"
+	"github.com/rexec/rexec/internal/consul"
+	"github.com/rexec/rexec/internal/jobs"
+	"github.com/rexec/rexec/internal/store"
+)
+
+func cmdMigrate(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlagSet("migrate", stderr)
+	dbURL, level := fs.databaseURL(), fs.logLevel()
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := requireDB(*dbURL); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, *level)
+	if err != nil {
+		return err
+	}
+	st, err := store.Open(ctx, *dbURL)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	return store.Migrate(ctx, st.Pool(), log)
+}
+
+func cmdTenantCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("tenant create", stderr)
+	dbURL := fs.databaseURL()
+	addr := fs.String("consul-addr", "REXEC_CONSUL_ADDR", "", "the tenant's Consul agent, host:port (required)")
+	token := fs.String("consul-token", "REXEC_CONSUL_TOKEN", "", "the tenant's Consul ACL token")
+	tokenFile := fs.String("consul-token-file", "REXEC_CONSUL_TOKEN_FILE", "", "file holding the tenant's Consul ACL token")
+	dc := fs.String("datacenter", "REXEC_CONSUL_DATACENTER", "", "Consul datacenter (default: the agent's)")
+	prefix := fs.String("prefix", "REXEC_CONSUL_PREFIX", consul.PrefixDefault, "KV prefix; runs may use it or a prefix under it")
+	outputCap := fs.Int("output-cap", "REXEC_OUTPUT_CAP", 1<<20, "bytes of output archived per node")
+	caFile := fs.String("consul-ca-file", "REXEC_CONSUL_CACERT", "", "CA bundle for HTTPS to Consul")
+	certFile := fs.String("consul-cert-file", "REXEC_CONSUL_CLIENT_CERT", "", "client certificate for HTTPS to Consul")
+	keyFile := fs.String("consul-key-file", "REXEC_CONSUL_CLIENT_KEY", "", "client key for HTTPS to Consul")
+	serverName := fs.String("consul-tls-server-name", "REXEC_CONSUL_TLS_SERVER_NAME", "", "server name to verify in Consul's certificate")
+	// The name comes first, as in SPEC; flags may follow it.
+	name := ""
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		name, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if name == "" && fs.NArg() == 1 {
+		name = fs.Arg(0)
+	} else if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	switch {
+	case name == "":
+		return errors.New("usage: rexec-svc tenant create NAME -consul-addr ADDR [flags]")
+	case *addr == "":
+		return errors.New("-consul-addr is required")
+	case *token != "" && *tokenFile != "":
+		return errors.New("give -consul-token or -consul-token-file, not both")
+	case *outputCap <= 0:
+		return errors.New("-output-cap must be positive")
+	}
+	if err := requireDB(*dbURL); err != nil {
+		return err
+	}
+	if *tokenFile != "" {
+		b, err := os.ReadFile(*tokenFile)
+		if err != nil {
+			return fmt.Errorf("read -consul-token-file: %w", err)
+		}
+		*token = strings.TrimSpace(string(b))
+	}
+	t := store.Tenant{
+		Name: name, ConsulAddr: *addr, Datacenter: *dc, ConsulToken: *token, Prefix: *prefix, OutputCap: int64(*outputCap),
+		TLS: store.TLS{CAFile: *caFile, CertFile: *certFile, KeyFile: *keyFile, ServerName: *serverName},
+	}
+	// The engine validates what it can of the connection before anything is stored.
+	if _, err := consul.New(jobs.ConsulConfig(t)); err != nil {
+		return err
+	}
+	if err := (consul.Spec{Argv: []string{"true"}, Prefix: t.Prefix}).WithDefaults().Validate(0); err != nil {
+		return fmt.Errorf("-prefix: %w", err)
+	}
+	st, err := store.Open(ctx, *dbURL)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	err = st.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
+		created, err := q.CreateTenant(ctx, t)
+		if err != nil {
+			return err
+		}
+		t = created
+		return audit.Record(ctx, tx, audit.Event{TenantID: t.ID, Actor: "admin", Type: audit.TenantCreated,
+			Data: map[string]any{"name": t.Name, "consul_addr": t.ConsulAddr, "datacenter": t.Datacenter, "prefix": t.Prefix,
+				"output_cap": t.OutputCap, "consul_token_set": t.ConsulToken != ""}})
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "created tenant %s (id %d)\n", t.Name, t.ID)
+	return nil
+}
+
+func cmdTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("token create", stderr)
+	dbURL := fs.databaseURL()
+	tenant := fs.String("tenant", "REXEC_TENANT", "", "tenant name (required)")
+	principal := fs.String("principal", "REXEC_PRINCIPAL", "", "principal name (required; created if new)")
+	roles := fs.String("roles", "REXEC_ROLES", "", "comma-separated roles: submitter, approver, auditor, admin (required)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if *tenant == "" || *principal == "" || *roles == "" {
+		return errors.New("usage: rexec-svc token create -tenant NAME -principal NAME -roles r1,r2")
+	}
+	rs, err := parseRoles(*roles)
+	if err != nil {
+		return err
+	}
+	if err := requireDB(*dbURL); err != nil {
+		return err
+	}
+	st, err := store.Open(ctx, *dbURL)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	tok, err := createToken(ctx, st, *tenant, *principal, rs)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "token for %s/%s (roles %s); it is shown once:\n%s\n", *tenant, *principal, strings.Join(rs, ","), tok)
+	return nil
+}
+
+func parseRoles(s string) ([]string, error) {
+	var out []string
+	for _, r := range strings.Split(s, ",") {
+		r = strings.TrimSpace(r)
+		switch r {
+		case store.RoleSubmitter, store.RoleApprover, store.RoleAuditor, store.RoleAdmin:
+			out = append(out, r)
+		default:
+			return nil, fmt.Errorf("unknown role %q (roles: submitter, approver, auditor, admin)", r)
+		}
+	}
+	return out, nil
+}
+
+// createToken upserts the principal and makes a token, audited, in one
+// transaction.
+func createToken(ctx context.Context, st *store.Store, tenantName, principal string, roles []string) (string, error) {
+	var token string
+	err := st.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
+		t, err := q.TenantByName(ctx, tenantName)
+		if err != nil {
+			return err
+		}
+		p, err := q.UpsertPrincipal(ctx, t.ID, principal, roles)
+		if err != nil {
+			return err
+		}
+		id, tok, err := q.CreateToken(ctx, p.ID)
+		if err != nil {
+			return err
+		}
+		token = tok
+		return audit.Record(ctx, tx, audit.Event{TenantID: t.ID, Actor: "admin", Type: audit.TokenCreated,
+			Data: map[string]any{"principal": principal, "roles": roles, "token_id": id}})
+	})
+	return token, err
+}

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+
+	"github.com/rexec/rexec/internal/localconsul"
+	"github.com/rexec/rexec/internal/localpg"
+	"github.com/rexec/rexec/internal/store"
+)
+
+// devAgents is the dev cluster: three clients with services and tags to
+// filter on, besides the server.
+var devAgents = []localconsul.AgentConfig{
+	{Name: "web-1", Services: []localconsul.Service{{Name: "web", Tags: []string{"v1", "canary"}}}},
+	{Name: "web-2", Services: []localconsul.Service{{Name: "web", Tags: []string{"v2"}}}},
+	{Name: "db-1", Services: []localconsul.Service{{Name: "db", Tags: []string{"primary"}}}},
+}
+
+func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("dev", stderr)
+	listen := fs.String("listen", "REXEC_LISTEN", "127.0.0.1:8080", "HTTP listen address")
+	level := fs.logLevel()
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, *level)
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w (choose another with -listen)", err)
+	}
+	defer l.Close()
+
+	fmt.Fprintln(stderr, "==> starting PostgreSQL")
+	pg, err := localpg.Start(ctx, localpg.Config{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer pg.Stop()
+	fmt.Fprintln(stderr, "==> starting a Consul cluster (the first run builds bin/consul, a few minutes)")
+	cluster, err := localconsul.Start(ctx, localconsul.Config{Clients: devAgents, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer cluster.Stop()
+
+	st, err := store.Open(ctx, pg.URL("postgres"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if err := store.Migrate(ctx, st.Pool(), log); err != nil {
+		return err
+	}
+	if _, err := st.CreateTenant(ctx, store.Tenant{Name: "dev", ConsulAddr: cluster.Agent("web-1").HTTPAddr(),
+		Prefix: "_rexec", OutputCap: 1 << 20}); err != nil {
+		return err
+	}
+	token, err := createToken(ctx, st, "dev", "dev", []string{"submitter", "approver", "auditor", "admin"})
+	if err != nil {
+		return err
+	}
+	return serve(ctx, st, log, serveOptions{listener: l, workers: 4, workerID: "dev", ready: func(addr string) {
+		fmt.Fprintf(stderr, "==> rexec is running: tenant dev, Consul nodes %v, database %s\n", cluster.Names(), pg.URL("postgres"))
+		fmt.Fprintln(stderr, "==> paste these lines, then try: rexec-cli exec uptime   (Ctrl-C stops everything)")
+		fmt.Fprintf(stdout, "export REXEC_ADDR=http://%s\nexport REXEC_TOKEN=%s\nexport CONSUL_HTTP_ADDR=%s\n", addr, token, cluster.Agent("web-1").HTTPAddr())
+	}})
+}

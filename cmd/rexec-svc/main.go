@@ -1,0 +1,132 @@
+// Command rexec-svc is rexec's server: the HTTP API, the workers that carry
+// runs out, and the administrative commands around them.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+const usage = `Usage: rexec-svc <command> [flags]
+
+Commands:
+  migrate        apply River's and rexec's database migrations (safe to repeat)
+  serve          run the HTTP API and workers
+  worker         run workers only
+  tenant create  create a tenant
+  token create   create an API token for a principal (printed alone on the last line)
+  dev            run everything on this machine for a first look
+
+Every flag has an environment fallback, named in its help (rexec-svc <command> -h).
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "rexec-svc:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("no command")
+	}
+	cmd, rest := args[0], args[1:]
+	switch {
+	case cmd == "migrate":
+		return cmdMigrate(ctx, rest, stderr)
+	case cmd == "serve":
+		return cmdServe(ctx, rest, stderr, true)
+	case cmd == "worker":
+		return cmdServe(ctx, rest, stderr, false)
+	case cmd == "tenant" && len(rest) > 0 && rest[0] == "create":
+		return cmdTenantCreate(ctx, rest[1:], stdout, stderr)
+	case cmd == "token" && len(rest) > 0 && rest[0] == "create":
+		return cmdTokenCreate(ctx, rest[1:], stdout, stderr)
+	case cmd == "dev":
+		return cmdDev(ctx, rest, stdout, stderr)
+	case cmd == "-h" || cmd == "--help" || cmd == "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", strings.Join(args[:min(2, len(args))], " "))
+}
+
+// flagSet is a flag.FlagSet whose flags fall back to environment variables.
+type flagSet struct {
+	*flag.FlagSet
+	env map[string]string // flag name -> variable
+}
+
+func newFlagSet(name string, stderr io.Writer) *flagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return &flagSet{FlagSet: fs, env: map[string]string{}}
+}
+
+// String defines a string flag with an environment fallback.
+func (f *flagSet) String(name, env, def, help string) *string {
+	f.env[name] = env
+	return f.FlagSet.String(name, def, help+" ($"+env+")")
+}
+
+// Int defines an int flag with an environment fallback.
+func (f *flagSet) Int(name, env string, def int, help string) *int {
+	f.env[name] = env
+	return f.FlagSet.Int(name, def, help+" ($"+env+")")
+}
+
+// Parse parses args, then fills flags not given from the environment.
+func (f *flagSet) Parse(args []string) error {
+	if err := f.FlagSet.Parse(args); err != nil {
+		return err
+	}
+	given := map[string]bool{}
+	f.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	for name, env := range f.env {
+		if v, ok := os.LookupEnv(env); ok && !given[name] {
+			if err := f.Set(name, v); err != nil {
+				return fmt.Errorf("$%s: %w", env, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (f *flagSet) databaseURL() *string {
+	return f.String("database-url", "REXEC_DATABASE_URL", "", "PostgreSQL URL")
+}
+
+func (f *flagSet) logLevel() *string {
+	return f.String("log-level", "REXEC_LOG_LEVEL", "info", "log level: debug, info, warn, error")
+}
+
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level: %w", err)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+func requireDB(url string) error {
+	if url == "" {
+		return errors.New("no database: set -database-url or REXEC_DATABASE_URL")
+	}
+	return nil
+}

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/rexec/rexec/internal/api"
+	"github.com/rexec/rexec/internal/jobs"
+	"github.com/rexec/rexec/internal/service"
+	"github.com/rexec/rexec/internal/store"
+)
+
+func cmdServe(ctx context.Context, args []string, stderr io.Writer, withAPI bool) error {
+	name := "worker"
+	if withAPI {
+		name = "serve"
+	}
+	fs := newFlagSet(name, stderr)
+	dbURL, level := fs.databaseURL(), fs.logLevel()
+	var listen *string
+	if withAPI {
+		listen = fs.String("listen", "REXEC_LISTEN", "127.0.0.1:8080", "HTTP listen address")
+	}
+	workers := fs.Int("workers", "REXEC_WORKERS", jobs.WorkersDefault, "runs carried out at once by this process (0: API only)")
+	workerID := fs.String("worker-id", "REXEC_WORKER_ID", "", "name of this worker in leases and audit events (default: hostname-pid)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if !withAPI && *workers <= 0 {
+		return errors.New("-workers must be positive for rexec-svc worker")
+	}
+	if *workers < 0 {
+		return errors.New("-workers must not be negative")
+	}
+	if err := requireDB(*dbURL); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, *level)
+	if err != nil {
+		return err
+	}
+	st, err := store.Open(ctx, *dbURL)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if err := store.CheckMigrated(ctx, st.Pool()); err != nil {
+		return err
+	}
+	opts := serveOptions{workers: *workers, workerID: *workerID}
+	if withAPI {
+		l, err := net.Listen("tcp", *listen)
+		if err != nil {
+			return fmt.Errorf("listen: %w", err)
+		}
+		opts.listener = l
+	}
+	return serve(ctx, st, log, opts)
+}
+
+type serveOptions struct {
+	listener net.Listener // nil: no API
+	workers  int
+	workerID string
+	ready    func(addr string)
+}
+
+// serve runs the API and workers until ctx ends, then shuts down: the API
+// stops taking requests, and running runs are left, with their lease
+// released, for another worker to re-attach.
+func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOptions) error {
+	rc, err := jobs.NewClient(jobs.Config{Store: st, Workers: o.workers, WorkerID: o.workerID, Logger: log})
+	if err != nil {
+		return err
+	}
+	if o.workers > 0 {
+		if err := rc.Start(ctx); err != nil {
+			return fmt.Errorf("start workers: %w", err)
+		}
+		log.InfoContext(ctx, "workers started", slog.Int("workers", o.workers))
+	}
+	var wg sync.WaitGroup
+	var srv *http.Server
+	var serveErr error
+	if o.listener != nil {
+		svc, err := service.New(service.Config{Store: st, River: rc, Logger: log})
+		if err != nil {
+			return err
+		}
+		nctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		defer cancel()
+		notifier := store.NewNotifier(st, log)
+		wg.Add(1)
+		go func() { defer wg.Done(); notifier.Run(nctx) }()
+		srv = &http.Server{
+			Handler: api.Handler(api.Config{Service: svc, Notifier: notifier, Logger: log,
+				Ready: func(ctx context.Context) error { return store.CheckMigrated(ctx, st.Pool()) }}),
+			ReadHeaderTimeout: 10 * time.Second,
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(o.listener); !errors.Is(err, http.ErrServerClosed) {
+				serveErr = err
+			}
+			cancel()
+		}()
+		log.InfoContext(ctx, "listening", slog.String("addr", o.listener.Addr().String()))
+		if o.ready != nil {
+			o.ready(o.listener.Addr().String())
+		}
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if srv != nil {
+		if err := srv.Shutdown(sctx); err != nil {
+			log.Warn("http shutdown", slog.Any("error", err))
+		}
+	}
+	if o.workers > 0 {
+		// Cancelling the jobs' contexts detaches their runs; recovery on
+		// another (or the restarted) worker re-attaches them.
+		if err := rc.StopAndCancel(sctx); err != nil {
+			log.Warn("stop workers", slog.Any("error", err))
+		}
+	}
+	wg.Wait()
+	return serveErr
+}

@@ -1,0 +1,512 @@
+// Package api is rexec-svc's HTTP interface: JSON under /v1/ with bearer
+// tokens, scoped to the caller's tenant, plus /healthz, /readyz and
+// /metrics. It translates between HTTP and the service package and nothing
+// more.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/rexec/rexec/internal/consul"
+	"github.com/rexec/rexec/internal/service"
+	"github.com/rexec/rexec/internal/store"
+)
+
+// MaxBodyBytes bounds request bodies: a script at Consul's KV limit, base64
+// in JSON, fits with room to spare.
+const MaxBodyBytes = 2 << 20
+
+// MaxStreamWait bounds how long a stream request waits for news.
+const MaxStreamWait = 30 * time.Second
+
+// Config configures the handler.
+type Config struct {
+	Service  *service.Service
+	Notifier *store.Notifier
+	// Ready reports whether the process can serve (database reachable and
+	// migrated).
+	Ready  func(context.Context) error
+	Logger *slog.Logger
+	// Registry receives the API's metrics. Default: a new registry.
+	Registry *prometheus.Registry
+}
+
+type server struct {
+	cfg      Config
+	log      *slog.Logger
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+// Handler returns the HTTP handler.
+func Handler(cfg Config) http.Handler {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+		cfg.Registry.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	}
+	s := &server{cfg: cfg, log: cfg.Logger,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rexec_http_requests_total", Help: "API requests by route and status."}, []string{"route", "code"}),
+		latency:  prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "rexec_http_request_seconds", Help: "API request latency by route."}, []string{"route"}),
+	}
+	cfg.Registry.MustRegister(s.requests, s.latency)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
+	mux.HandleFunc("GET /readyz", s.ready)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+	s.route(mux, "POST /v1/runs", s.submit)
+	s.route(mux, "GET /v1/runs", s.list)
+	s.route(mux, "GET /v1/runs/{id}", s.get)
+	s.route(mux, "GET /v1/runs/{id}/nodes", s.nodes)
+	s.route(mux, "GET /v1/runs/{id}/output", s.output)
+	s.route(mux, "GET /v1/runs/{id}/stream", s.stream)
+	s.route(mux, "POST /v1/runs/{id}/cancel", s.cancel)
+	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	return mux
+}
+
+type handlerFunc func(w http.ResponseWriter, r *http.Request, c service.Caller) error
+
+// route authenticates, limits the body, times the request and turns the
+// handler's error into a JSON error.
+func (s *server) route(mux *http.ServeMux, pattern string, h handlerFunc) {
+	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, code: 200}
+		defer func() {
+			s.requests.WithLabelValues(pattern, strconv.Itoa(rec.code)).Inc()
+			s.latency.WithLabelValues(pattern).Observe(time.Since(start).Seconds())
+		}()
+		r.Body = http.MaxBytesReader(rec, r.Body, MaxBodyBytes)
+		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || strings.TrimSpace(token) == "" {
+			writeError(rec, http.StatusUnauthorized, "unauthenticated", "missing or malformed Authorization header: want \"Bearer <token>\"")
+			return
+		}
+		c, err := s.cfg.Service.Authenticate(r.Context(), strings.TrimSpace(token))
+		if err != nil {
+			if errors.Is(err, service.ErrForbidden) {
+				writeError(rec, http.StatusUnauthorized, "unauthenticated", err.Error())
+				return
+			}
+			s.fail(rec, r, err)
+			return
+		}
+		if err := h(rec, r, c); err != nil {
+			s.fail(rec, r, err)
+		}
+	})
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.code = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var mbe *http.MaxBytesError
+	kinds := []struct {
+		kind   error
+		status int
+		code   string
+	}{
+		{service.ErrInvalid, 400, "invalid"},
+		{service.ErrForbidden, 403, "forbidden"},
+		{service.ErrNotFound, 404, "not_found"},
+		{service.ErrConflict, 409, "conflict"},
+		{service.ErrTooLarge, 413, "too_large"},
+		{service.ErrUnprocessable, 422, "unprocessable"},
+		{service.ErrUpstream, 502, "consul_unavailable"},
+	}
+	if errors.As(err, &mbe) {
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("request body over %d bytes", mbe.Limit))
+		return
+	}
+	for _, k := range kinds {
+		if errors.Is(err, k.kind) {
+			writeError(w, k.status, k.code, err.Error())
+			return
+		}
+	}
+	if errors.Is(err, context.Canceled) {
+		return // the client went away
+	}
+	s.log.ErrorContext(r.Context(), "request failed", slog.String("path", r.URL.Path), slog.Any("error", err))
+	writeError(w, http.StatusInternalServerError, "internal", "internal error")
+}
+
+func (s *server) ready(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Ready != nil {
+		if err := s.cfg.Ready(r.Context()); err != nil {
+			writeError(w, http.StatusServiceUnavailable, "not_ready", err.Error())
+			return
+		}
+	}
+	writeJSON(w, 200, map[string]string{"status": "ready"})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, ErrorBody{Error: msg, Code: code})
+}
+
+// ErrorBody is every error response.
+type ErrorBody struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		return &service.Error{Kind: service.ErrInvalid, Msg: "malformed JSON body: " + err.Error()}
+	}
+	if dec.More() {
+		return &service.Error{Kind: service.ErrInvalid, Msg: "malformed JSON body: trailing data"}
+	}
+	return nil
+}
+
+func invalid(format string, args ...any) error {
+	return &service.Error{Kind: service.ErrInvalid, Msg: fmt.Sprintf(format, args...)}
+}
+
+// SubmitRequest is the body of POST /v1/runs.
+type SubmitRequest struct {
+	Argv     []string `json:"argv,omitempty"`
+	Script   []byte   `json:"script,omitempty"` // base64
+	Shell    *bool    `json:"shell,omitempty"`  // default true
+	Node     string   `json:"node,omitempty"`
+	Service  string   `json:"service,omitempty"`
+	Tag      string   `json:"tag,omitempty"`
+	Prefix   string   `json:"prefix,omitempty"`
+	Wait     string   `json:"wait,omitempty"`
+	WaitRepl string   `json:"wait_repl,omitempty"`
+	Timeout  string   `json:"timeout,omitempty"`
+	Reason   string   `json:"reason,omitempty"`
+	DryRun   bool     `json:"dry_run,omitempty"`
+}
+
+func parseDuration(name, s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, invalid("%s: %v", name, err)
+	}
+	return d, nil
+}
+
+func (s *server) submit(w http.ResponseWriter, r *http.Request, c service.Caller) error {
+	var req SubmitRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	sub := service.Submission{
+		Argv: req.Argv, Script: req.Script, Shell: req.Shell == nil || *req.Shell,
+		NodeFilter: req.Node, ServiceFilter: req.Service, TagFilter: req.Tag, Prefix: req.Prefix,
+		Reason: req.Reason, DryRun: req.DryRun,
+	}
+	var err error
+	if sub.Wait, err = parseDuration("wait", req.Wait); err != nil {
+		return err
+	}
+	if sub.WaitRepl, err = parseDuration("wait_repl", req.WaitRepl); err != nil {
+		return err
+	}
+	if sub.Timeout, err = parseDuration("timeout", req.Timeout); err != nil {
+		return err
+	}
+	res, err := s.cfg.Service.Submit(r.Context(), c, sub)
+	if err != nil {
+		return err
+	}
+	out := runJSON(res.Run)
+	out.Targets = res.Targets
+	if res.DryRun {
+		out.State = "dry_run"
+		writeJSON(w, http.StatusOK, out)
+		return nil
+	}
+	writeJSON(w, http.StatusCreated, out)
+	return nil
+}
+
+func (s *server) list(w http.ResponseWriter, r *http.Request, c service.Caller) error {
+	q := r.URL.Query()
+	f := store.ListFilter{State: q.Get("state"), Limit: 50}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return invalid("limit must be a positive number")
+		}
+		f.Limit = n
+	}
+	if v := q.Get("before"); v != "" {
+		at, id, ok := strings.Cut(v, "_")
+		t, err := time.Parse(time.RFC3339Nano, at)
+		if !ok || err != nil {
+			return invalid("malformed before cursor")
+		}
+		f.BeforeAt, f.BeforeID = &t, id
+	}
+	runs, err := s.cfg.Service.List(r.Context(), c, f)
+	if err != nil {
+		return err
+	}
+	page := RunList{Runs: make([]Run, len(runs))}
+	for i, run := range runs {
+		page.Runs[i] = runJSON(run)
+	}
+	if len(runs) > 0 && len(runs) == f.Limit {
+		last := runs[len(runs)-1]
+		page.Next = last.CreatedAt.Format(time.RFC3339Nano) + "_" + last.ID
+	}
+	writeJSON(w, 200, page)
+	return nil
+}
+
+func (s *server) get(w http.ResponseWriter, r *http.Request, c service.Caller) error {
+	run, nodes, err := s.cfg.Service.Nodes(r.Context(), c, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	out := runJSON(run)
+	if err := json.Unmarshal(run.Targets, &out.Targets); err != nil {
+		return err
+	}
+	out.Nodes = nodesJSON(nodes)
+	writeJSON(w, 200, out)
+	return nil
+}
+
+func (s *server) nodes(w http.ResponseWriter, r *http.Request, c service.Caller) error {
+	_, nodes, err := s.cfg.Service.Nodes(r.Context(), c, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, 200, map[string]any{"nodes": nodesJSON(nodes)})
+	return nil
+}
+
+func (s *server) output(w http.ResponseWriter, r *http.Request, c service.Caller) error {
+	q := r.URL.Query()
+	node := q.Get("node")
+	if node == "" {
+		return invalid("node is required")
+	}
+	after, limit := -1, 0
+	var err error
+	if v := q.Get("after"); v != "" {
+		if after, err = strconv.Atoi(v); err != nil {
+			return invalid("after must be a number")
+		}
+	}
+	if v := q.Get("limit"); v != "" {
+		if limit, err = strconv.Atoi(v); err != nil {
+			return invalid("limit must be a number")
+		}
+	}
+	chunks, err := s.cfg.Service.Output(r.Context(), c, r.PathValue("id"), node, after, limit)
+	if err != nil {
+		return err
+	}
+	out := OutputPage{Node: node, Chunks: make([]Chunk, len(chunks))}
+	for i, ch := range chunks {
+		out.Chunks[i] = Chunk{Seq: ch.Seq, Data: ch.Data}
+	}
+	writeJSON(w, 200, out)
+	return nil
+}
+
+func (s *server) stream(w http.ResponseWriter, r *http.Request, c service.Caller) error {
+	q := r.URL.Query()
+	var cursor int64
+	var err error
+	if v := q.Get("cursor"); v != "" {
+		if cursor, err = strconv.ParseInt(v, 10, 64); err != nil || cursor < 0 {
+			return invalid("cursor must be a non-negative number")
+		}
+	}
+	wait, err := parseDuration("wait", q.Get("wait"))
+	if err != nil {
+		return err
+	}
+	wait = min(max(wait, 0), MaxStreamWait)
+	var wake <-chan struct{}
+	if s.cfg.Notifier != nil && wait > 0 {
+		ch, unsub := s.cfg.Notifier.Subscribe(r.PathValue("id"))
+		defer unsub()
+		wake = ch
+	}
+	page, err := s.cfg.Service.Stream(r.Context(), c, r.PathValue("id"), cursor, wait, wake)
+	if err != nil {
+		return err
+	}
+	out := StreamPage{Run: runJSON(page.Run), Cursor: page.Cursor, Done: page.Done, Items: make([]StreamItem, len(page.Items))}
+	for i, it := range page.Items {
+		out.Items[i] = StreamItem{Kind: it.Kind, Node: it.Node, Seq: it.Seq, Data: it.Data}
+		if it.Kind == "exit" {
+			code := it.ExitCode
+			out.Items[i].ExitCode = &code
+		}
+	}
+	if page.Done {
+		out.Nodes = nodesJSON(page.Nodes)
+	}
+	writeJSON(w, 200, out)
+	return nil
+}
+
+func (s *server) cancel(w http.ResponseWriter, r *http.Request, c service.Caller) error {
+	run, err := s.cfg.Service.Cancel(r.Context(), c, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, 202, runJSON(run))
+	return nil
+}
+
+// Run is a run as the API shows it.
+type Run struct {
+	ID          string        `json:"id"`
+	State       string        `json:"state"`
+	SubmittedBy string        `json:"submitted_by"`
+	CreatedAt   time.Time     `json:"created_at"`
+	StartedAt   *time.Time    `json:"started_at,omitempty"`
+	FiredAt     *time.Time    `json:"fired_at,omitempty"`
+	FinishedAt  *time.Time    `json:"finished_at,omitempty"`
+	Argv        []string      `json:"argv,omitempty"`
+	ScriptBytes int           `json:"script_bytes,omitempty"`
+	Shell       bool          `json:"shell"`
+	Node        string        `json:"node,omitempty"`
+	Service     string        `json:"service,omitempty"`
+	Tag         string        `json:"tag,omitempty"`
+	Prefix      string        `json:"prefix"`
+	Wait        string        `json:"wait"`
+	WaitRepl    string        `json:"wait_repl"`
+	Timeout     string        `json:"timeout,omitempty"`
+	Reason      string        `json:"reason,omitempty"`
+	Outcome     string        `json:"outcome,omitempty"`
+	Error       string        `json:"error,omitempty"`
+	TargetCount int           `json:"target_count"`
+	Targets     []consul.Node `json:"targets,omitempty"`
+	Nodes       []Node        `json:"nodes,omitempty"`
+}
+
+// Node is one expected node's result.
+type Node struct {
+	Node      string     `json:"node"`
+	State     string     `json:"state"`
+	ExitCode  *int       `json:"exit_code"`
+	AckedAt   *time.Time `json:"acked_at,omitempty"`
+	ExitedAt  *time.Time `json:"exited_at,omitempty"`
+	Bytes     int64      `json:"bytes"`
+	Stored    int64      `json:"stored_bytes"`
+	SHA256    string     `json:"sha256,omitempty"`
+	Truncated bool       `json:"truncated"`
+}
+
+// RunList is a page of runs; Next is the cursor of the next page.
+type RunList struct {
+	Runs []Run  `json:"runs"`
+	Next string `json:"next,omitempty"`
+}
+
+// Chunk is a piece of output; Data is base64 in JSON.
+type Chunk struct {
+	Seq  int    `json:"seq"`
+	Data []byte `json:"data"`
+}
+
+// OutputPage is a page of one node's output.
+type OutputPage struct {
+	Node   string  `json:"node"`
+	Chunks []Chunk `json:"chunks"`
+}
+
+// StreamItem is an output chunk or an exit.
+type StreamItem struct {
+	Kind     string `json:"kind"`
+	Node     string `json:"node"`
+	Seq      int    `json:"seq,omitempty"`
+	Data     []byte `json:"data,omitempty"`
+	ExitCode *int   `json:"exit_code,omitempty"`
+}
+
+// StreamPage is a page of a run's stream. Nodes is set on the last page.
+type StreamPage struct {
+	Run    Run          `json:"run"`
+	Items  []StreamItem `json:"items"`
+	Cursor int64        `json:"cursor"`
+	Done   bool         `json:"done"`
+	Nodes  []Node       `json:"nodes,omitempty"`
+}
+
+func runJSON(r store.Run) Run {
+	out := Run{
+		ID: r.ID, State: r.State, SubmittedBy: r.SubmitterName, CreatedAt: r.CreatedAt,
+		StartedAt: r.StartedAt, FiredAt: r.FiredAt, FinishedAt: r.FinishedAt,
+		Argv: r.Argv, ScriptBytes: len(r.Script), Shell: r.Shell,
+		Node: r.NodeFilter, Service: r.ServiceFilter, Tag: r.TagFilter, Prefix: r.Prefix,
+		Wait: r.Wait.String(), WaitRepl: r.WaitRepl.String(), Reason: r.Reason,
+		Outcome: r.Outcome, Error: r.Error,
+	}
+	if r.Timeout > 0 {
+		out.Timeout = r.Timeout.String()
+	}
+	var targets []json.RawMessage
+	if json.Unmarshal(r.Targets, &targets) == nil {
+		out.TargetCount = len(targets)
+	}
+	return out
+}
+
+func nodesJSON(nodes []store.NodeResult) []Node {
+	out := make([]Node, len(nodes))
+	for i, n := range nodes {
+		out[i] = Node{Node: n.Node, State: n.State, ExitCode: n.ExitCode, AckedAt: n.AckedAt, ExitedAt: n.ExitedAt,
+			Bytes: n.Bytes, Stored: n.StoredBytes, SHA256: n.SHA256, Truncated: n.Truncated}
+	}
+	return out
+}

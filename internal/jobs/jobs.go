@@ -1,0 +1,181 @@
+// Package jobs carries runs out: a River job per run drives the remote-exec
+// engine, stores every ack, chunk and exit as it arrives, and classifies
+// every expected node at the end.
+//
+// At most once: a worker claims a run with a lease in the runs table,
+// records the Consul session before anything is fired, and a run that has a
+// session is never fired again — a later worker re-attaches to it. Workers
+// renew their lease every few seconds; a leader-only periodic job hands runs
+// whose lease expired (a worker killed, or one that shut down and let go) to
+// a new job, which re-attaches. The lease, not River alone, is what keeps two
+// workers off the same run.
+package jobs
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+
+	"github.com/rexec/rexec/internal/consul"
+	"github.com/rexec/rexec/internal/store"
+)
+
+// Defaults.
+const (
+	LeaseTTLDefault        = 10 * time.Second
+	SessionTTLDefault      = 60 * time.Second
+	RecoverIntervalDefault = 2 * time.Second
+	WorkersDefault         = 20
+	QueueExec              = "exec"
+)
+
+// ExecArgs is the River job that carries out one run.
+type ExecArgs struct {
+	RunID string `json:"run_id"`
+	// Recovery numbers the jobs that resume a run after its worker went
+	// away, so that each is a job of its own.
+	Recovery int `json:"recovery,omitempty"`
+}
+
+// Kind implements river.JobArgs.
+func (ExecArgs) Kind() string { return "rexec_exec" }
+
+// InsertOpts implements river.JobArgsWithInsertOpts.
+func (ExecArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{Queue: QueueExec, MaxAttempts: 10}
+}
+
+// RecoverArgs is the periodic job that hands abandoned runs to new jobs.
+type RecoverArgs struct{}
+
+// Kind implements river.JobArgs.
+func (RecoverArgs) Kind() string { return "rexec_recover" }
+
+// InsertOpts implements river.JobArgsWithInsertOpts.
+func (RecoverArgs) InsertOpts() river.InsertOpts {
+	return river.InsertOpts{MaxAttempts: 1}
+}
+
+// Config configures the River client and its workers.
+type Config struct {
+	// Store is the database (required).
+	Store *store.Store
+	// Workers is how many runs one process carries out at once; 0 makes an
+	// insert-only client (an API-only process). Default for Workers < 0: 20.
+	Workers int
+	// WorkerID names this process in leases and audit events.
+	// Default: hostname-pid.
+	WorkerID string
+	// LeaseTTL is how long a claim on a run holds without renewal; it is
+	// renewed every third of it. Default: 10s.
+	LeaseTTL time.Duration
+	// SessionTTL is the Consul session TTL of runs. It must cover a worker's
+	// death plus the lease expiry and the recovery of the run, or the
+	// agents' unread output is deleted by Consul first. Default: 60s.
+	SessionTTL time.Duration
+	// RecoverInterval is how often the leader looks for abandoned runs.
+	// Default: 2s.
+	RecoverInterval time.Duration
+	// ConsulConfig adjusts each tenant's engine configuration (tests count
+	// requests with it). Optional.
+	ConsulConfig func(*consul.Config)
+	// Logger. Default: discard.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Workers < 0 {
+		c.Workers = WorkersDefault
+	}
+	if c.WorkerID == "" {
+		host, _ := os.Hostname()
+		c.WorkerID = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	c.LeaseTTL = cmp.Or(c.LeaseTTL, LeaseTTLDefault)
+	c.SessionTTL = cmp.Or(c.SessionTTL, SessionTTLDefault)
+	c.RecoverInterval = cmp.Or(c.RecoverInterval, RecoverIntervalDefault)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// NewClient returns the River client: with workers and the recovery job
+// when cfg.Workers > 0, insert-only otherwise. Start it to work.
+func NewClient(cfg Config) (*river.Client[pgx.Tx], error) {
+	cfg = cfg.withDefaults()
+	if cfg.Store == nil {
+		return nil, errors.New("jobs: Store is required")
+	}
+	if cfg.SessionTTL < 3*cfg.LeaseTTL {
+		return nil, errors.New("jobs: SessionTTL must be at least three LeaseTTLs, so that a run outlives its lease")
+	}
+	rc := &river.Config{
+		ID:     cfg.WorkerID,
+		Logger: cfg.Logger,
+		// Runs manage their own deadline; a River timeout would cut a run
+		// off without its teardown.
+		JobTimeout:           -1,
+		RescueStuckJobsAfter: time.Hour,
+	}
+	if cfg.Workers > 0 {
+		workers := river.NewWorkers()
+		river.AddWorker(workers, &ExecWorker{cfg: cfg})
+		river.AddWorker(workers, &RecoverWorker{cfg: cfg})
+		rc.Workers = workers
+		rc.Queues = map[string]river.QueueConfig{
+			QueueExec:          {MaxWorkers: cfg.Workers},
+			river.QueueDefault: {MaxWorkers: 2},
+		}
+		rc.FetchPollInterval = 200 * time.Millisecond
+		rc.PeriodicJobs = []*river.PeriodicJob{
+			river.NewPeriodicJob(river.PeriodicInterval(cfg.RecoverInterval),
+				func() (river.JobArgs, *river.InsertOpts) { return RecoverArgs{}, nil },
+				&river.PeriodicJobOpts{ID: "rexec_recover", RunOnStart: true}),
+		}
+	}
+	client, err := river.NewClient(riverpgxv5.New(cfg.Store.Pool()), rc)
+	if err != nil {
+		return nil, fmt.Errorf("river client: %w", err)
+	}
+	return client, nil
+}
+
+// ConsulConfig is the engine configuration for a tenant.
+func ConsulConfig(t store.Tenant) consul.Config {
+	return consul.Config{
+		Address:    t.ConsulAddr,
+		Datacenter: t.Datacenter,
+		Token:      t.ConsulToken,
+		TLS: consul.TLSConfig{
+			Enabled:            t.TLS.Enabled,
+			CAFile:             t.TLS.CAFile,
+			CertFile:           t.TLS.CertFile,
+			KeyFile:            t.TLS.KeyFile,
+			ServerName:         t.TLS.ServerName,
+			InsecureSkipVerify: t.TLS.InsecureSkipVerify,
+		},
+	}
+}
+
+// SpecOf rebuilds the engine spec of a stored run.
+func SpecOf(r store.Run) consul.Spec {
+	return consul.Spec{
+		Argv:          r.Argv,
+		Script:        r.Script,
+		NoShell:       !r.Shell,
+		NodeFilter:    r.NodeFilter,
+		ServiceFilter: r.ServiceFilter,
+		TagFilter:     r.TagFilter,
+		Prefix:        r.Prefix,
+		Wait:          r.Wait,
+		WaitRepl:      r.WaitRepl,
+	}
+}

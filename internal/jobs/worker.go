@@ -1,0 +1,354 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+
+	"github.com/rexec/rexec/internal/audit"
+	"github.com/rexec/rexec/internal/consul"
+	"github.com/rexec/rexec/internal/store"
+)
+
+// errCancelRequested is the cause with which a run's engine context is
+// cancelled when a user cancels the run.
+var errCancelRequested = errors.New("cancel requested")
+
+// ExecWorker carries out runs.
+type ExecWorker struct {
+	river.WorkerDefaults[ExecArgs]
+	cfg Config
+}
+
+// Work claims the run, executes or re-attaches it, and finishes it.
+func (w *ExecWorker) Work(ctx context.Context, job *river.Job[ExecArgs]) error {
+	st, log := w.cfg.Store, w.cfg.Logger.With(slog.String("run", job.Args.RunID))
+	run, err := st.GetRunByID(ctx, job.Args.RunID)
+	if errors.Is(err, store.ErrNotFound) {
+		return river.JobCancel(err)
+	}
+	if err != nil {
+		return err
+	}
+	if store.Terminal(run.State) {
+		return nil
+	}
+	tenant, err := st.TenantByID(ctx, run.TenantID)
+	if err != nil {
+		return err
+	}
+	actor := "worker:" + w.cfg.WorkerID
+	var claimed bool
+	err = st.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
+		var first bool
+		claimed, first, err = q.ClaimRun(ctx, run.ID, w.cfg.WorkerID, w.cfg.LeaseTTL)
+		if err != nil || !claimed {
+			return err
+		}
+		typ := audit.RunResumed
+		if first {
+			typ = audit.RunStarted
+		}
+		return audit.Record(ctx, tx, audit.Event{TenantID: run.TenantID, RunID: run.ID, Actor: actor, Type: typ,
+			Data: map[string]any{"worker": w.cfg.WorkerID, "attempt": job.Attempt, "recovery": job.Args.Recovery}})
+	})
+	if err != nil {
+		return err
+	}
+	if !claimed {
+		log.DebugContext(ctx, "run held by another worker or not runnable")
+		return nil
+	}
+	// The claim may have moved a queued run to running: read it again.
+	if run, err = st.GetRunByID(ctx, run.ID); err != nil {
+		return err
+	}
+	e := &execution{w: w, run: run, tenant: tenant, actor: actor, log: log}
+	return e.carryOut(ctx)
+}
+
+// execution is one worker's go at one run.
+type execution struct {
+	w      *ExecWorker
+	run    store.Run
+	tenant store.Tenant
+	actor  string
+	log    *slog.Logger
+}
+
+func (e *execution) carryOut(jobCtx context.Context) error {
+	cfg, st := e.w.cfg, e.w.cfg.Store
+	// The engine's context: cancelled to cancel the run (user cancel,
+	// deadline), or with cause consul.ErrDetach to leave it for another
+	// worker (this worker stops, or lost its lease).
+	ectx, cancel := context.WithCancelCause(context.WithoutCancel(jobCtx))
+	defer cancel(nil)
+	stop := context.AfterFunc(jobCtx, func() {
+		if errors.Is(context.Cause(jobCtx), river.ErrJobCancelledRemotely) {
+			cancel(errCancelRequested)
+		} else {
+			cancel(consul.ErrDetach)
+		}
+	})
+	defer stop()
+	if e.run.Timeout > 0 && e.run.StartedAt != nil {
+		var c context.CancelFunc
+		ectx, c = context.WithDeadline(ectx, e.run.StartedAt.Add(e.run.Timeout))
+		defer c()
+	}
+	leaseDone := make(chan struct{})
+	go func() {
+		defer close(leaseDone)
+		e.keepLease(ectx, cancel)
+	}()
+	defer func() { cancel(nil); <-leaseDone }()
+
+	ccfg := ConsulConfig(e.tenant)
+	ccfg.SessionTTL = cfg.SessionTTL
+	ccfg.Logger = e.log
+	if cfg.ConsulConfig != nil {
+		cfg.ConsulConfig(&ccfg)
+	}
+	client, err := consul.New(ccfg)
+	if err != nil {
+		return e.finish(jobCtx, nil, store.StateFailed, "", fmt.Sprintf("consul configuration: %v", err))
+	}
+	var targets []consul.Node
+	if err := json.Unmarshal(e.run.Targets, &targets); err != nil {
+		return e.finish(jobCtx, nil, store.StateFailed, "", fmt.Sprintf("decode targets: %v", err))
+	}
+	spec := SpecOf(e.run)
+
+	var r *consul.Run
+	if e.run.Session == "" {
+		r, err = client.Prepare(ectx, spec, targets)
+		if err != nil {
+			return e.failOrRetry(jobCtx, ectx, err)
+		}
+		err = st.InTx(jobCtx, func(tx pgx.Tx, q *store.Queries) error {
+			return q.RecordSession(jobCtx, e.run.ID, cfg.WorkerID, r.Session())
+		})
+		if err != nil {
+			r.Close(jobCtx)
+			return err
+		}
+	} else {
+		r, err = client.Attach(ectx, spec, e.run.Session, targets)
+		if errors.Is(err, consul.ErrSessionGone) {
+			return e.finish(jobCtx, nil, store.StateFailed, string(consul.OutcomeSessionLost),
+				"the Consul session expired before a worker re-attached; unfinished nodes are lost")
+		}
+		if err != nil {
+			return e.failOrRetry(jobCtx, ectx, err)
+		}
+	}
+
+	res, err := r.Execute(ectx, e.handle)
+	if err != nil {
+		if ectx.Err() != nil || errors.Is(err, consul.ErrDetached) {
+			// Left for another worker: let go of the lease so that recovery
+			// starts now rather than at its expiry.
+			if rerr := st.ReleaseLease(context.WithoutCancel(jobCtx), e.run.ID, cfg.WorkerID); rerr != nil {
+				e.log.WarnContext(jobCtx, "release lease", slog.Any("error", rerr))
+			}
+			if errors.Is(err, consul.ErrDetached) && jobCtx.Err() != nil {
+				return nil // shutting down; recovery picks the run up
+			}
+		}
+		return err
+	}
+	state, msg := store.StateCompleted, ""
+	switch res.Outcome {
+	case consul.OutcomeCancelled:
+		state = store.StateCancelled
+		if errors.Is(ectx.Err(), context.DeadlineExceeded) {
+			state, msg = store.StateFailed, fmt.Sprintf("run deadline of %s passed", e.run.Timeout)
+		}
+	case consul.OutcomeSessionLost:
+		state, msg = store.StateFailed, "the Consul session disappeared during the run; unfinished nodes are lost"
+	}
+	return e.finish(jobCtx, res, state, string(res.Outcome), msg)
+}
+
+// failOrRetry ends the run failed on errors retrying cannot fix, and
+// returns other errors for River to retry.
+func (e *execution) failOrRetry(jobCtx, ectx context.Context, err error) error {
+	if ectx.Err() != nil && !errors.Is(context.Cause(ectx), consul.ErrDetach) {
+		state, msg := store.StateCancelled, ""
+		if errors.Is(ectx.Err(), context.DeadlineExceeded) {
+			state, msg = store.StateFailed, fmt.Sprintf("run deadline of %s passed", e.run.Timeout)
+		}
+		return e.finish(jobCtx, nil, state, string(consul.OutcomeCancelled), msg)
+	}
+	var tooLarge *consul.SpecTooLargeError
+	var filterErr *consul.FilterError
+	if errors.As(err, &tooLarge) || errors.As(err, &filterErr) || errors.Is(err, consul.ErrNoTargets) ||
+		errors.Is(err, consul.ErrNoCommand) || errors.Is(err, consul.ErrScriptWithNoShell) || errors.Is(err, consul.ErrTagWithoutService) {
+		return e.finish(jobCtx, nil, store.StateFailed, "", err.Error())
+	}
+	_ = e.w.cfg.Store.ReleaseLease(context.WithoutCancel(jobCtx), e.run.ID, e.w.cfg.WorkerID)
+	return err
+}
+
+// keepLease renews the run's lease until ctx ends. A lost lease detaches
+// the engine; a requested cancel cancels the run.
+func (e *execution) keepLease(ctx context.Context, cancel context.CancelCauseFunc) {
+	cfg := e.w.cfg
+	t := time.NewTicker(cfg.LeaseTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cancelAsked, err := cfg.Store.RenewLease(ctx, e.run.ID, cfg.WorkerID, cfg.LeaseTTL)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, store.ErrLeaseLost):
+			e.log.WarnContext(ctx, "lease on run lost; leaving it to its new worker")
+			cancel(consul.ErrDetach)
+			return
+		case err != nil:
+			e.log.WarnContext(ctx, "renew lease", slog.Any("error", err))
+		case cancelAsked:
+			cancel(errCancelRequested)
+			return
+		}
+	}
+}
+
+// handle stores one watch round in one transaction, idempotently.
+func (e *execution) handle(ctx context.Context, events []consul.Event) error {
+	run := e.run
+	return e.w.cfg.Store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
+		var evs []audit.Event
+		for _, ev := range events {
+			switch ev.Kind {
+			case consul.EventAck:
+				ok, err := q.RecordAck(ctx, run.ID, ev.Node, ev.At)
+				if err != nil {
+					return err
+				}
+				if ok {
+					evs = append(evs, audit.Event{TenantID: run.TenantID, RunID: run.ID, Actor: e.actor, Type: audit.NodeAcked,
+						Data: map[string]any{"node": ev.Node}})
+				}
+			case consul.EventOutput:
+				if _, err := q.AppendChunk(ctx, run.ID, ev.Node, ev.Seq, ev.Data, run.OutputCap); err != nil {
+					return err
+				}
+			case consul.EventExit:
+				ok, err := q.RecordExit(ctx, run.ID, ev.Node, ev.ExitCode, ev.At)
+				if err != nil {
+					return err
+				}
+				if ok {
+					evs = append(evs, audit.Event{TenantID: run.TenantID, RunID: run.ID, Actor: e.actor, Type: audit.NodeExited,
+						Data: map[string]any{"node": ev.Node, "exit_code": ev.ExitCode}})
+				}
+			}
+		}
+		if err := audit.Record(ctx, tx, evs...); err != nil {
+			return err
+		}
+		return q.NotifyRun(ctx, run.ID)
+	})
+}
+
+// finish classifies unfinished nodes and ends the run, in one transaction.
+func (e *execution) finish(ctx context.Context, res *consul.Result, state, outcome, msg string) error {
+	ctx = context.WithoutCancel(ctx)
+	run := e.run
+	err := e.w.cfg.Store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
+		nodes, err := q.RunNodes(ctx, run.ID)
+		if err != nil {
+			return err
+		}
+		final := map[string]string{}
+		if res != nil {
+			for _, n := range res.Nodes {
+				final[n.Node] = string(n.State)
+			}
+		}
+		var evs []audit.Event
+		if res != nil && !res.FiredAt.IsZero() {
+			if err := q.MarkFired(ctx, run.ID, res.FiredAt); err != nil {
+				return err
+			}
+			evs = append(evs, audit.Event{TenantID: run.TenantID, RunID: run.ID, Actor: e.actor, Type: audit.EventFired,
+				Data: map[string]any{"at": res.FiredAt, "events": res.Events, "session": res.Session}})
+		}
+		for _, n := range nodes {
+			if n.State == "exited" {
+				continue
+			}
+			ns := final[n.Node]
+			switch {
+			case ns == string(consul.NodeExited):
+				continue // stored by the handler
+			case ns == "" && state == store.StateCancelled:
+				ns = "cancelled"
+			case ns == "" && n.State == "acked", ns == "" && outcome == string(consul.OutcomeSessionLost):
+				ns = "lost"
+			case ns == "":
+				ns = "no_ack"
+			}
+			ok, err := q.EndNode(ctx, run.ID, n.Node, ns)
+			if err != nil {
+				return err
+			}
+			if ok {
+				evs = append(evs, audit.Event{TenantID: run.TenantID, RunID: run.ID, Actor: e.actor, Type: audit.NodeEnded,
+					Data: map[string]any{"node": n.Node, "state": ns}})
+			}
+		}
+		ok, err := q.FinishRun(ctx, run.ID, state, outcome, msg)
+		if err != nil || !ok {
+			return err
+		}
+		evs = append(evs, audit.Event{TenantID: run.TenantID, RunID: run.ID, Actor: e.actor, Type: audit.RunFinished,
+			Data: map[string]any{"state": state, "outcome": outcome, "error": msg}})
+		if err := audit.Record(ctx, tx, evs...); err != nil {
+			return err
+		}
+		return q.NotifyRun(ctx, run.ID)
+	})
+	if err != nil {
+		return fmt.Errorf("finish run: %w", err)
+	}
+	e.log.InfoContext(ctx, "run finished", slog.String("state", state), slog.String("outcome", outcome))
+	return nil
+}
+
+// RecoverWorker hands runs whose lease expired to new jobs.
+type RecoverWorker struct {
+	river.WorkerDefaults[RecoverArgs]
+	cfg Config
+}
+
+// Work reserves abandoned runs and inserts a job for each, in one
+// transaction.
+func (w *RecoverWorker) Work(ctx context.Context, job *river.Job[RecoverArgs]) error {
+	client := river.ClientFromContext[pgx.Tx](ctx)
+	return w.cfg.Store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
+		recs, err := q.TakeExpiredLeases(ctx, 3*w.cfg.LeaseTTL)
+		if err != nil {
+			return err
+		}
+		for _, r := range recs {
+			w.cfg.Logger.InfoContext(ctx, "recovering run", slog.String("run", r.RunID), slog.Int("recovery", r.Recoveries))
+			if _, err := client.InsertTx(ctx, tx, ExecArgs{RunID: r.RunID, Recovery: r.Recoveries}, nil); err != nil {
+				return fmt.Errorf("insert recovery job: %w", err)
+			}
+		}
+		return nil
+	})
+}

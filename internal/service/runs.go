@@ -1,0 +1,164 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rexec/rexec/internal/audit"
+	"github.com/rexec/rexec/internal/store"
+)
+
+// runOf returns the caller's run, or a not-found error that reads the same
+// for another tenant's run, a missing one and a malformed ID.
+func (s *Service) runOf(ctx context.Context, c Caller, id string) (store.Run, error) {
+	r, err := s.store.GetRun(ctx, c.Tenant.ID, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Run{}, errorf(ErrNotFound, "no run %q", id)
+	}
+	return r, err
+}
+
+// Get returns a run.
+func (s *Service) Get(ctx context.Context, c Caller, id string) (store.Run, error) {
+	return s.runOf(ctx, c, id)
+}
+
+// List returns the caller's tenant's runs, newest first.
+func (s *Service) List(ctx context.Context, c Caller, f store.ListFilter) ([]store.Run, error) {
+	if f.Limit <= 0 || f.Limit > 500 {
+		f.Limit = 50
+	}
+	return s.store.ListRuns(ctx, c.Tenant.ID, f)
+}
+
+// Nodes returns a run's per-node results.
+func (s *Service) Nodes(ctx context.Context, c Caller, id string) (store.Run, []store.NodeResult, error) {
+	r, err := s.runOf(ctx, c, id)
+	if err != nil {
+		return store.Run{}, nil, err
+	}
+	nodes, err := s.store.RunNodes(ctx, r.ID)
+	return r, nodes, err
+}
+
+// Output returns up to limit of a node's chunks after sequence after.
+// Reading output from the start is audited.
+func (s *Service) Output(ctx context.Context, c Caller, id, node string, after, limit int) ([]store.Chunk, error) {
+	r, err := s.runOf(ctx, c, id)
+	if err != nil {
+		return nil, err
+	}
+	if after < 0 {
+		after = -1
+	}
+	if limit <= 0 || limit > 1000 {
+		limit = 256
+	}
+	if after < 0 {
+		s.auditRead(ctx, c, r.ID, map[string]any{"node": node})
+	}
+	return s.store.NodeOutput(ctx, r.ID, node, after, limit)
+}
+
+// StreamPage is a page of a run's stream.
+type StreamPage struct {
+	Run   store.Run
+	Items []store.StreamItem
+	// Cursor is the position after the last item.
+	Cursor int64
+	// Done is true when the run has ended and the page holds its last items.
+	Done bool
+	// Nodes holds the per-node results on the last page.
+	Nodes []store.NodeResult
+}
+
+// Stream returns the run's output chunks and exits after cursor, waiting up
+// to wait for new ones while the run goes on. Reading from the start is
+// audited.
+func (s *Service) Stream(ctx context.Context, c Caller, id string, cursor int64, wait time.Duration, wake <-chan struct{}) (StreamPage, error) {
+	r, err := s.runOf(ctx, c, id)
+	if err != nil {
+		return StreamPage{}, err
+	}
+	if cursor == 0 {
+		s.auditRead(ctx, c, r.ID, map[string]any{"stream": true})
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		// Read the state before the items: a run seen terminal has all its
+		// items committed, so an empty page after it is the end.
+		r, err = s.store.GetRun(ctx, c.Tenant.ID, r.ID)
+		if err != nil {
+			return StreamPage{}, err
+		}
+		items, err := s.store.Stream(ctx, r.ID, cursor, 1000)
+		if err != nil {
+			return StreamPage{}, err
+		}
+		page := StreamPage{Run: r, Items: items, Cursor: cursor}
+		if len(items) > 0 {
+			page.Cursor = items[len(items)-1].StreamID
+		}
+		page.Done = store.Terminal(r.State) && len(items) < 1000
+		if page.Done {
+			if page.Nodes, err = s.store.RunNodes(ctx, r.ID); err != nil {
+				return StreamPage{}, err
+			}
+		}
+		if len(items) > 0 || page.Done || !time.Now().Before(deadline) {
+			return page, nil
+		}
+		t := time.NewTimer(min(time.Until(deadline), time.Second))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return StreamPage{}, ctx.Err()
+		case <-wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+func (s *Service) auditRead(ctx context.Context, c Caller, runID string, data map[string]any) {
+	err := audit.Record(ctx, s.store.Pool(), audit.Event{TenantID: c.Tenant.ID, RunID: runID, Actor: c.Principal.Name, Type: audit.OutputRead, Data: data})
+	if err != nil {
+		s.log.ErrorContext(ctx, "audit output read", "error", err)
+	}
+}
+
+// Cancel cancels a run: at once if it has not started, through its worker
+// if it runs. It returns the run's state after the call.
+func (s *Service) Cancel(ctx context.Context, c Caller, id string) (store.Run, error) {
+	r, err := s.runOf(ctx, c, id)
+	if err != nil {
+		return store.Run{}, err
+	}
+	if !c.Principal.Has(store.RoleAdmin) && !(c.Principal.Has(store.RoleSubmitter) && r.SubmittedBy == c.Principal.ID) {
+		return store.Run{}, errorf(ErrForbidden, "only the submitter or an admin may cancel run %s", r.ID)
+	}
+	err = s.store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
+		state, err := q.CancelRun(ctx, c.Tenant.ID, r.ID)
+		if errors.Is(err, store.ErrNotFound) {
+			return errorf(ErrConflict, "run %s is %s and cannot be cancelled", r.ID, r.State)
+		}
+		if err != nil {
+			return err
+		}
+		typ := audit.RunCancelAsked
+		if state == store.StateCancelled {
+			typ = audit.RunCancelled
+		}
+		if err := audit.Record(ctx, tx, audit.Event{TenantID: c.Tenant.ID, RunID: r.ID, Actor: c.Principal.Name, Type: typ}); err != nil {
+			return err
+		}
+		return q.NotifyRun(ctx, r.ID)
+	})
+	if err != nil {
+		return store.Run{}, err
+	}
+	return s.runOf(ctx, c, id)
+}

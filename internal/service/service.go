@@ -1,0 +1,256 @@
+// Package service is what rexec does for an authenticated caller: submit a
+// run (validate, resolve the frozen target set, store it and queue its job
+// in one transaction), read runs, their nodes and output, and cancel them.
+// It knows nothing about HTTP; the API maps its errors to statuses.
+package service
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+
+	"github.com/rexec/rexec/internal/audit"
+	"github.com/rexec/rexec/internal/consul"
+	"github.com/rexec/rexec/internal/jobs"
+	"github.com/rexec/rexec/internal/store"
+)
+
+// Error kinds the API maps to statuses.
+var (
+	ErrNotFound      = errors.New("not found")
+	ErrForbidden     = errors.New("forbidden")
+	ErrInvalid       = errors.New("invalid request")
+	ErrConflict      = errors.New("conflict")
+	ErrUnprocessable = errors.New("unprocessable")
+	ErrUpstream      = errors.New("consul unavailable")
+	ErrTooLarge      = errors.New("too large")
+)
+
+// Error is an error of one kind with a message for the user.
+type Error struct {
+	Kind error
+	Msg  string
+}
+
+func (e *Error) Error() string { return e.Msg }
+
+// Unwrap lets errors.Is match the kind.
+func (e *Error) Unwrap() error { return e.Kind }
+
+func errorf(kind error, format string, args ...any) error {
+	return &Error{Kind: kind, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Caller is an authenticated principal and its tenant.
+type Caller struct {
+	Principal store.Principal
+	Tenant    store.Tenant
+}
+
+// Service implements rexec's operations.
+type Service struct {
+	store  *store.Store
+	river  *river.Client[pgx.Tx]
+	log    *slog.Logger
+	consul func(*consul.Config)
+}
+
+// Config configures a Service.
+type Config struct {
+	Store *store.Store
+	// River inserts jobs (an insert-only client will do).
+	River  *river.Client[pgx.Tx]
+	Logger *slog.Logger
+	// ConsulConfig adjusts each tenant's engine configuration. Optional.
+	ConsulConfig func(*consul.Config)
+}
+
+// New returns a Service.
+func New(cfg Config) (*Service, error) {
+	if cfg.Store == nil || cfg.River == nil {
+		return nil, errors.New("service: Store and River are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Service{store: cfg.Store, river: cfg.River, log: cfg.Logger, consul: cfg.ConsulConfig}, nil
+}
+
+// Authenticate resolves a bearer token.
+func (s *Service) Authenticate(ctx context.Context, token string) (Caller, error) {
+	p, t, err := s.store.Authenticate(ctx, token)
+	if errors.Is(err, store.ErrNotFound) {
+		return Caller{}, errorf(ErrForbidden, "invalid or revoked token")
+	}
+	if err != nil {
+		return Caller{}, err
+	}
+	return Caller{Principal: p, Tenant: t}, nil
+}
+
+// Submission is a run request.
+type Submission struct {
+	Argv          []string
+	Script        []byte
+	Shell         bool
+	NodeFilter    string
+	ServiceFilter string
+	TagFilter     string
+	Prefix        string
+	Wait          time.Duration
+	WaitRepl      time.Duration
+	Timeout       time.Duration
+	Reason        string
+	DryRun        bool
+}
+
+// Limits on a submission beyond the engine's own.
+const (
+	MaxReason  = 4096
+	MaxTimeout = 7 * 24 * time.Hour
+	MaxWait    = 10 * time.Minute
+)
+
+// Submitted is a stored run, or for a dry run what would be stored.
+type Submitted struct {
+	Run     store.Run
+	Targets []consul.Node
+	DryRun  bool
+}
+
+func (s *Service) consulClient(t store.Tenant) (*consul.Client, error) {
+	cfg := jobs.ConsulConfig(t)
+	cfg.Logger = s.log
+	if s.consul != nil {
+		s.consul(&cfg)
+	}
+	return consul.New(cfg)
+}
+
+// Submit validates sub, resolves its frozen target set with the tenant's
+// token, and stores the run with its audit events and its River job in one
+// transaction. Nothing is stored when anything fails.
+func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitted, error) {
+	if !c.Principal.Has(store.RoleSubmitter, store.RoleAdmin) {
+		return Submitted{}, errorf(ErrForbidden, "principal %q may not submit runs (needs the submitter role)", c.Principal.Name)
+	}
+	spec := consul.Spec{
+		Argv: sub.Argv, Script: sub.Script, NoShell: !sub.Shell,
+		NodeFilter: sub.NodeFilter, ServiceFilter: sub.ServiceFilter, TagFilter: sub.TagFilter,
+		Prefix: sub.Prefix, Wait: sub.Wait, WaitRepl: sub.WaitRepl,
+	}
+	if spec.Prefix == "" {
+		spec.Prefix = c.Tenant.Prefix
+	}
+	spec = spec.WithDefaults()
+	if err := checkPrefix(spec.Prefix, c.Tenant.Prefix); err != nil {
+		return Submitted{}, err
+	}
+	switch {
+	case sub.Wait < 0 || sub.Wait > MaxWait:
+		return Submitted{}, errorf(ErrInvalid, "wait must be between 0 and %s", MaxWait)
+	case sub.WaitRepl < 0 || sub.WaitRepl > MaxWait:
+		return Submitted{}, errorf(ErrInvalid, "wait-repl must be between 0 and %s", MaxWait)
+	case sub.Timeout < 0 || sub.Timeout > MaxTimeout:
+		return Submitted{}, errorf(ErrInvalid, "timeout must be between 0 and %s", MaxTimeout)
+	case len(sub.Reason) > MaxReason:
+		return Submitted{}, errorf(ErrInvalid, "reason is longer than %d bytes", MaxReason)
+	}
+	client, err := s.consulClient(c.Tenant)
+	if err != nil {
+		return Submitted{}, errorf(ErrInvalid, "tenant's Consul configuration: %v", err)
+	}
+	if err := spec.Validate(0); err != nil {
+		return Submitted{}, validationError(err)
+	}
+	targets, err := client.Resolve(ctx, spec)
+	if err != nil {
+		return Submitted{}, resolveError(err)
+	}
+	names := make([]string, len(targets))
+	for i, t := range targets {
+		names[i] = t.Name
+	}
+	targetJSON, err := json.Marshal(targets)
+	if err != nil {
+		return Submitted{}, err
+	}
+	run := store.Run{
+		TenantID: c.Tenant.ID, SubmittedBy: c.Principal.ID, SubmitterName: c.Principal.Name,
+		State: store.StateQueued, Argv: sub.Argv, Script: sub.Script, Shell: sub.Shell,
+		NodeFilter: sub.NodeFilter, ServiceFilter: sub.ServiceFilter, TagFilter: sub.TagFilter,
+		Prefix: spec.Prefix, Wait: spec.Wait, WaitRepl: spec.WaitRepl, Timeout: sub.Timeout,
+		Reason: sub.Reason, OutputCap: c.Tenant.OutputCap, Targets: targetJSON,
+	}
+	if sub.DryRun {
+		return Submitted{Run: run, Targets: targets, DryRun: true}, nil
+	}
+	err = s.store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
+		stored, err := q.InsertRun(ctx, run, names)
+		if err != nil {
+			return err
+		}
+		run = stored
+		ev := func(typ string, data map[string]any) audit.Event {
+			return audit.Event{TenantID: c.Tenant.ID, RunID: run.ID, Actor: c.Principal.Name, Type: typ, Data: data}
+		}
+		err = audit.Record(ctx, tx,
+			ev(audit.RunSubmitted, map[string]any{
+				"argv": sub.Argv, "script_bytes": len(sub.Script), "shell": sub.Shell,
+				"node": sub.NodeFilter, "service": sub.ServiceFilter, "tag": sub.TagFilter,
+				"prefix": spec.Prefix, "reason": sub.Reason, "targets": names,
+			}),
+			ev(audit.RunQueued, nil))
+		if err != nil {
+			return err
+		}
+		_, err = s.river.InsertTx(ctx, tx, jobs.ExecArgs{RunID: run.ID}, nil)
+		return err
+	})
+	if err != nil {
+		return Submitted{}, fmt.Errorf("store run: %w", err)
+	}
+	return Submitted{Run: run, Targets: targets}, nil
+}
+
+// checkPrefix refuses a prefix outside the tenant's: Consul ACLs written for
+// the tenant's prefix would not cover it (hashicorp/consul#1238).
+func checkPrefix(p, tenant string) error {
+	if p == tenant || strings.HasPrefix(p, tenant+"/") {
+		return nil
+	}
+	return errorf(ErrForbidden, "prefix %q is outside the tenant's prefix %q", p, tenant)
+}
+
+// validationError maps an engine validation error to its kind.
+func validationError(err error) error {
+	var tooLarge *consul.SpecTooLargeError
+	if errors.As(err, &tooLarge) {
+		return errorf(ErrTooLarge, "%v", err)
+	}
+	return errorf(ErrInvalid, "%v", err)
+}
+
+// resolveError maps an error of target resolution to its kind.
+func resolveError(err error) error {
+	var se api.StatusError
+	switch {
+	case errors.Is(err, consul.ErrNoTargets):
+		return errorf(ErrUnprocessable, "%v", err)
+	case errors.As(err, &se) && (se.Code == 403 || se.Code == 401):
+		return errorf(ErrForbidden, "Consul refused the tenant's token: %s", se.Body)
+	case strings.Contains(err.Error(), "Permission denied"), strings.Contains(err.Error(), "ACL not found"):
+		return errorf(ErrForbidden, "Consul refused the tenant's token: %v", err)
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return err
+	}
+	return errorf(ErrUpstream, "cannot reach the tenant's Consul: %v", err)
+}

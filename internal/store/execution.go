@@ -1,0 +1,284 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrLeaseLost means another worker holds the run now, or it ended.
+var ErrLeaseLost = errors.New("lease on run lost")
+
+const queryClaimRun = `
+WITH old AS (SELECT id, started_at FROM runs WHERE id = $1 FOR UPDATE)
+UPDATE runs r SET state = 'running', started_at = coalesce(r.started_at, now()),
+	lease_owner = $2, lease_expires_at = now() + $3 * interval '1 millisecond'
+FROM old
+WHERE r.id = old.id AND r.state IN ('queued', 'running')
+	AND (r.lease_owner IS NULL OR r.lease_owner = $2 OR r.lease_expires_at < now())
+RETURNING old.started_at IS NULL`
+
+// ClaimRun takes the run for owner for ttl, moving it to running. It
+// reports claimed=false when the run is not queued or running, or another
+// live worker holds it; first is true on the run's first start.
+func (q *Queries) ClaimRun(ctx context.Context, runID, owner string, ttl time.Duration) (claimed, first bool, err error) {
+	err = q.db.QueryRow(ctx, queryClaimRun, runID, owner, ttl.Milliseconds()).Scan(&first)
+	if err != nil {
+		if errors.Is(notFound(err), ErrNotFound) {
+			return false, false, nil
+		}
+		return false, false, fmt.Errorf("claim run: %w", err)
+	}
+	return true, first, nil
+}
+
+const queryRenewLease = `
+UPDATE runs SET lease_expires_at = now() + $3 * interval '1 millisecond'
+WHERE id = $1 AND lease_owner = $2 AND state = 'running'
+RETURNING cancel_requested_at IS NOT NULL`
+
+// RenewLease extends owner's lease; it reports whether a cancel was
+// requested, and ErrLeaseLost when owner no longer holds the run.
+func (q *Queries) RenewLease(ctx context.Context, runID, owner string, ttl time.Duration) (cancelRequested bool, err error) {
+	err = q.db.QueryRow(ctx, queryRenewLease, runID, owner, ttl.Milliseconds()).Scan(&cancelRequested)
+	if err != nil {
+		if errors.Is(notFound(err), ErrNotFound) {
+			return false, ErrLeaseLost
+		}
+		return false, fmt.Errorf("renew lease: %w", err)
+	}
+	return cancelRequested, nil
+}
+
+const queryReleaseLease = `UPDATE runs SET lease_expires_at = now() WHERE id = $1 AND lease_owner = $2 AND state = 'running'`
+
+// ReleaseLease gives a running run up for recovery by another worker.
+func (q *Queries) ReleaseLease(ctx context.Context, runID, owner string) error {
+	if _, err := q.db.Exec(ctx, queryReleaseLease, runID, owner); err != nil {
+		return fmt.Errorf("release lease: %w", err)
+	}
+	return nil
+}
+
+const queryRecordSession = `UPDATE runs SET session = $3 WHERE id = $1 AND lease_owner = $2 AND state = 'running' AND session IS NULL`
+
+// RecordSession stores the Consul session before anything is fired.
+func (q *Queries) RecordSession(ctx context.Context, runID, owner, session string) error {
+	tag, err := q.db.Exec(ctx, queryRecordSession, runID, owner, session)
+	if err != nil {
+		return fmt.Errorf("record session: %w", err)
+	}
+	if tag.RowsAffected() != 1 {
+		return ErrLeaseLost
+	}
+	return nil
+}
+
+const queryMarkFired = `UPDATE runs SET fired_at = coalesce(fired_at, $2) WHERE id = $1`
+
+// MarkFired records when the event went out.
+func (q *Queries) MarkFired(ctx context.Context, runID string, at time.Time) error {
+	if _, err := q.db.Exec(ctx, queryMarkFired, runID, at); err != nil {
+		return fmt.Errorf("mark fired: %w", err)
+	}
+	return nil
+}
+
+const queryAck = `UPDATE run_nodes SET state = 'acked', acked_at = $3 WHERE run_id = $1 AND node = $2 AND acked_at IS NULL AND state = 'pending'`
+
+// RecordAck marks a node acknowledged; false if it already was.
+func (q *Queries) RecordAck(ctx context.Context, runID, node string, at time.Time) (bool, error) {
+	tag, err := q.db.Exec(ctx, queryAck, runID, node, at)
+	if err != nil {
+		return false, fmt.Errorf("record ack: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+const (
+	queryLockNode    = `SELECT bytes, stored_bytes, hash_state FROM run_nodes WHERE run_id = $1 AND node = $2 FOR UPDATE`
+	queryInsertChunk = `INSERT INTO output_chunks (run_id, node, seq, data) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`
+	queryNodeBytes   = `UPDATE run_nodes SET bytes = bytes + $3, stored_bytes = stored_bytes + $4,
+	truncated = truncated OR $5, hash_state = $6 WHERE run_id = $1 AND node = $2`
+)
+
+// AppendChunk stores a chunk once, keyed by (run, node, seq), keeping at
+// most outputCap bytes of the node's output and counting every byte and the
+// sha256 of the whole stream. A chunk already stored is a no-op (false).
+// Chunks of one node must come in sequence order, as the engine hands them.
+func (q *Queries) AppendChunk(ctx context.Context, runID, node string, seq int, data []byte, outputCap int64) (bool, error) {
+	var total, stored int64
+	var state []byte
+	if err := q.db.QueryRow(ctx, queryLockNode, runID, node).Scan(&total, &stored, &state); err != nil {
+		return false, fmt.Errorf("append chunk: %w", notFound(err))
+	}
+	keep := data[:min(int64(len(data)), max(0, outputCap-stored))]
+	tag, err := q.db.Exec(ctx, queryInsertChunk, runID, node, seq, keep)
+	if err != nil {
+		return false, fmt.Errorf("append chunk: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return false, nil
+	}
+	h, err := resumeHash(state)
+	if err != nil {
+		return false, err
+	}
+	h.Write(data)
+	state, err = h.(encoding.BinaryMarshaler).MarshalBinary()
+	if err != nil {
+		return false, fmt.Errorf("append chunk: %w", err)
+	}
+	if _, err := q.db.Exec(ctx, queryNodeBytes, runID, node, len(data), len(keep), len(keep) < len(data), state); err != nil {
+		return false, fmt.Errorf("append chunk: %w", err)
+	}
+	return true, nil
+}
+
+func resumeHash(state []byte) (interface{ Write([]byte) (int, error) }, error) {
+	h := sha256.New()
+	if len(state) > 0 {
+		if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
+			return nil, fmt.Errorf("resume output hash: %w", err)
+		}
+	}
+	return h, nil
+}
+
+func finalHash(state []byte) (string, error) {
+	h := sha256.New()
+	if len(state) > 0 {
+		if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
+			return "", fmt.Errorf("resume output hash: %w", err)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+const queryExit = `UPDATE run_nodes SET state = 'exited', exit_code = $3, exited_at = $4, exit_stream_id = nextval('run_stream_seq'),
+	acked_at = coalesce(acked_at, $4), sha256 = $5
+WHERE run_id = $1 AND node = $2 AND exited_at IS NULL`
+
+// RecordExit marks a node exited with code and fixes its output hash;
+// false if it already was.
+func (q *Queries) RecordExit(ctx context.Context, runID, node string, code int, at time.Time) (bool, error) {
+	var total, stored int64
+	var state []byte
+	if err := q.db.QueryRow(ctx, queryLockNode, runID, node).Scan(&total, &stored, &state); err != nil {
+		return false, fmt.Errorf("record exit: %w", notFound(err))
+	}
+	sum, err := finalHash(state)
+	if err != nil {
+		return false, err
+	}
+	tag, err := q.db.Exec(ctx, queryExit, runID, node, code, at, sum)
+	if err != nil {
+		return false, fmt.Errorf("record exit: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+const queryEndNode = `UPDATE run_nodes SET state = $3, sha256 = $4 WHERE run_id = $1 AND node = $2 AND exited_at IS NULL AND state IN ('pending', 'acked')`
+
+// EndNode gives an unfinished node its final state (lost, no_ack,
+// cancelled); false if it had already ended.
+func (q *Queries) EndNode(ctx context.Context, runID, node, state string) (bool, error) {
+	var total, stored int64
+	var hs []byte
+	if err := q.db.QueryRow(ctx, queryLockNode, runID, node).Scan(&total, &stored, &hs); err != nil {
+		return false, fmt.Errorf("end node: %w", notFound(err))
+	}
+	sum, err := finalHash(hs)
+	if err != nil {
+		return false, err
+	}
+	tag, err := q.db.Exec(ctx, queryEndNode, runID, node, state, sum)
+	if err != nil {
+		return false, fmt.Errorf("end node: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+const queryFinishRun = `UPDATE runs SET state = $2, outcome = nullif($3, ''), error = nullif($4, ''), finished_at = now(),
+	lease_owner = NULL, lease_expires_at = NULL
+WHERE id = $1 AND state IN ('queued', 'running', 'pending_approval')`
+
+// FinishRun moves a run to its final state; false if it had already ended.
+func (q *Queries) FinishRun(ctx context.Context, runID, state, outcome, errMsg string) (bool, error) {
+	tag, err := q.db.Exec(ctx, queryFinishRun, runID, state, outcome, errMsg)
+	if err != nil {
+		return false, fmt.Errorf("finish run: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+const queryCancelRun = `
+UPDATE runs SET
+	state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END,
+	finished_at = CASE WHEN state = 'running' THEN finished_at ELSE now() END,
+	cancel_requested_at = coalesce(cancel_requested_at, now())
+WHERE tenant_id = $1 AND id::text = $2 AND state IN ('queued', 'running', 'pending_approval')
+RETURNING state`
+
+const queryCancelNodes = `UPDATE run_nodes SET state = 'cancelled' WHERE run_id = $1 AND state IN ('pending', 'acked')`
+
+// CancelRun cancels a run that has not started (it ends at once) or asks
+// the worker of a running one to cancel it. It returns the state after the
+// call; ErrNotFound when the run is not the tenant's or cannot be cancelled
+// in its state (the caller tells which apart).
+func (q *Queries) CancelRun(ctx context.Context, tenantID int64, runID string) (string, error) {
+	var state string
+	if err := q.db.QueryRow(ctx, queryCancelRun, tenantID, runID).Scan(&state); err != nil {
+		return "", fmt.Errorf("cancel run: %w", notFound(err))
+	}
+	if state == StateCancelled {
+		if _, err := q.db.Exec(ctx, queryCancelNodes, runID); err != nil {
+			return "", fmt.Errorf("cancel run: %w", err)
+		}
+	}
+	return state, nil
+}
+
+const queryExpiredLeases = `
+UPDATE runs SET lease_owner = NULL, lease_expires_at = now() + $1 * interval '1 millisecond', recoveries = recoveries + 1
+WHERE id IN (SELECT id FROM runs WHERE state = 'running' AND lease_expires_at < now() ORDER BY lease_expires_at LIMIT 100 FOR UPDATE SKIP LOCKED)
+RETURNING id, recoveries`
+
+// Recovery is a run whose worker stopped renewing its lease.
+type Recovery struct {
+	RunID      string
+	Recoveries int
+}
+
+// TakeExpiredLeases reserves up to 100 runs whose lease expired for
+// recovery, for hold, so that one sweep does not race the next.
+func (q *Queries) TakeExpiredLeases(ctx context.Context, hold time.Duration) ([]Recovery, error) {
+	rows, err := q.db.Query(ctx, queryExpiredLeases, hold.Milliseconds())
+	if err != nil {
+		return nil, fmt.Errorf("expired leases: %w", err)
+	}
+	defer rows.Close()
+	var out []Recovery
+	for rows.Next() {
+		var r Recovery
+		if err := rows.Scan(&r.RunID, &r.Recoveries); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+const queryNotify = `SELECT pg_notify('rexec_run', $1)`
+
+// NotifyRun wakes followers of the run once the transaction commits.
+func (q *Queries) NotifyRun(ctx context.Context, runID string) error {
+	if _, err := q.db.Exec(ctx, queryNotify, runID); err != nil {
+		return fmt.Errorf("notify: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,248 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Run states.
+const (
+	StatePendingApproval = "pending_approval"
+	StateQueued          = "queued"
+	StateRunning         = "running"
+	StateCompleted       = "completed"
+	StateFailed          = "failed"
+	StateCancelled       = "cancelled"
+	StateDenied          = "denied"
+	StateExpired         = "expired"
+)
+
+// Terminal reports whether a run in state s will not change again.
+func Terminal(s string) bool {
+	switch s {
+	case StateCompleted, StateFailed, StateCancelled, StateDenied, StateExpired:
+		return true
+	}
+	return false
+}
+
+// Run is one submitted execution.
+type Run struct {
+	ID            string
+	TenantID      int64
+	SubmittedBy   int64
+	SubmitterName string
+	State         string
+	Argv          []string
+	Script        []byte
+	Shell         bool
+	NodeFilter    string
+	ServiceFilter string
+	TagFilter     string
+	Prefix        string
+	Wait          time.Duration
+	WaitRepl      time.Duration
+	Timeout       time.Duration
+	Reason        string
+	OutputCap     int64
+	// Targets is the frozen target set as JSON (a list of consul.Node).
+	Targets    json.RawMessage
+	Session    string
+	Outcome    string
+	Error      string
+	CreatedAt  time.Time
+	StartedAt  *time.Time
+	FiredAt    *time.Time
+	FinishedAt *time.Time
+}
+
+const runColumns = `r.id, r.tenant_id, r.submitted_by, p.name, r.state, r.argv, r.script, r.shell,
+	r.node_filter, r.service_filter, r.tag_filter, r.prefix, r.wait_ms, r.wait_repl_ms, r.timeout_ms,
+	r.reason, r.output_cap, r.targets, coalesce(r.session, ''), coalesce(r.outcome, ''), coalesce(r.error, ''),
+	r.created_at, r.started_at, r.fired_at, r.finished_at`
+
+func scanRun(row interface{ Scan(...any) error }) (Run, error) {
+	var r Run
+	var wait, waitRepl, timeout int64
+	err := row.Scan(&r.ID, &r.TenantID, &r.SubmittedBy, &r.SubmitterName, &r.State, &r.Argv, &r.Script, &r.Shell,
+		&r.NodeFilter, &r.ServiceFilter, &r.TagFilter, &r.Prefix, &wait, &waitRepl, &timeout,
+		&r.Reason, &r.OutputCap, &r.Targets, &r.Session, &r.Outcome, &r.Error,
+		&r.CreatedAt, &r.StartedAt, &r.FiredAt, &r.FinishedAt)
+	r.Wait, r.WaitRepl, r.Timeout = time.Duration(wait)*time.Millisecond, time.Duration(waitRepl)*time.Millisecond, time.Duration(timeout)*time.Millisecond
+	return r, err
+}
+
+const queryInsertRun = `
+INSERT INTO runs (tenant_id, submitted_by, state, argv, script, shell, node_filter, service_filter, tag_filter,
+	prefix, wait_ms, wait_repl_ms, timeout_ms, reason, output_cap, targets)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+RETURNING id`
+
+const queryInsertRunNode = `INSERT INTO run_nodes (run_id, node) SELECT $1, unnest($2::text[])`
+
+// InsertRun stores a new run with one pending row per target node and
+// returns it with its ID.
+func (q *Queries) InsertRun(ctx context.Context, r Run, nodes []string) (Run, error) {
+	if r.Argv == nil {
+		r.Argv = []string{}
+	}
+	err := q.db.QueryRow(ctx, queryInsertRun, r.TenantID, r.SubmittedBy, r.State, r.Argv, r.Script, r.Shell,
+		r.NodeFilter, r.ServiceFilter, r.TagFilter, r.Prefix, r.Wait.Milliseconds(), r.WaitRepl.Milliseconds(),
+		r.Timeout.Milliseconds(), r.Reason, r.OutputCap, r.Targets).Scan(&r.ID)
+	if err != nil {
+		return Run{}, fmt.Errorf("insert run: %w", err)
+	}
+	if _, err := q.db.Exec(ctx, queryInsertRunNode, r.ID, nodes); err != nil {
+		return Run{}, fmt.Errorf("insert run nodes: %w", err)
+	}
+	return q.GetRun(ctx, r.TenantID, r.ID)
+}
+
+const queryGetRun = `SELECT ` + runColumns + ` FROM runs r JOIN principals p ON p.id = r.submitted_by
+WHERE r.tenant_id = $1 AND r.id::text = $2`
+
+// GetRun returns the tenant's run; ErrNotFound for another tenant's run, a
+// missing one or an ID that is not a UUID alike.
+func (q *Queries) GetRun(ctx context.Context, tenantID int64, id string) (Run, error) {
+	r, err := scanRun(q.db.QueryRow(ctx, queryGetRun, tenantID, id))
+	if err != nil {
+		return Run{}, fmt.Errorf("run %s: %w", id, notFound(err))
+	}
+	return r, nil
+}
+
+const queryGetRunAny = `SELECT ` + runColumns + ` FROM runs r JOIN principals p ON p.id = r.submitted_by WHERE r.id = $1`
+
+// GetRunByID returns a run of any tenant (for workers).
+func (q *Queries) GetRunByID(ctx context.Context, id string) (Run, error) {
+	r, err := scanRun(q.db.QueryRow(ctx, queryGetRunAny, id))
+	if err != nil {
+		return Run{}, fmt.Errorf("run %s: %w", id, notFound(err))
+	}
+	return r, nil
+}
+
+const queryListRuns = `SELECT ` + runColumns + ` FROM runs r JOIN principals p ON p.id = r.submitted_by
+WHERE r.tenant_id = $1 AND ($2 = '' OR r.state = $2)
+	AND ($3::timestamptz IS NULL OR (r.created_at, r.id) < ($3, $4::uuid))
+ORDER BY r.created_at DESC, r.id DESC LIMIT $5`
+
+// ListFilter selects runs; Before* is the keyset cursor of the previous page.
+type ListFilter struct {
+	State    string
+	BeforeAt *time.Time
+	BeforeID string
+	Limit    int
+}
+
+// ListRuns returns the tenant's runs, newest first.
+func (q *Queries) ListRuns(ctx context.Context, tenantID int64, f ListFilter) ([]Run, error) {
+	var beforeID any
+	if f.BeforeAt != nil {
+		beforeID = f.BeforeID
+	}
+	rows, err := q.db.Query(ctx, queryListRuns, tenantID, f.State, f.BeforeAt, beforeID, f.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("list runs: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Run, error) { return scanRun(row) })
+	if err != nil {
+		return nil, fmt.Errorf("list runs: %w", err)
+	}
+	return out, nil
+}
+
+// NodeResult is one expected node of a run.
+type NodeResult struct {
+	Node        string
+	State       string
+	ExitCode    *int
+	AckedAt     *time.Time
+	ExitedAt    *time.Time
+	Bytes       int64
+	StoredBytes int64
+	Truncated   bool
+	SHA256      string
+}
+
+const queryRunNodes = `SELECT node, state, exit_code, acked_at, exited_at, bytes, stored_bytes, truncated, coalesce(sha256, '')
+FROM run_nodes WHERE run_id = $1 ORDER BY node`
+
+// RunNodes returns the run's per-node results, sorted by node.
+func (q *Queries) RunNodes(ctx context.Context, runID string) ([]NodeResult, error) {
+	rows, err := q.db.Query(ctx, queryRunNodes, runID)
+	if err != nil {
+		return nil, fmt.Errorf("run nodes: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (NodeResult, error) {
+		var n NodeResult
+		err := row.Scan(&n.Node, &n.State, &n.ExitCode, &n.AckedAt, &n.ExitedAt, &n.Bytes, &n.StoredBytes, &n.Truncated, &n.SHA256)
+		return n, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("run nodes: %w", err)
+	}
+	return out, nil
+}
+
+// StreamItem is an output chunk or a node's exit, in the run's stream order.
+type StreamItem struct {
+	StreamID int64
+	Kind     string // "output" or "exit"
+	Node     string
+	Seq      int
+	Data     []byte
+	ExitCode int
+}
+
+const queryStream = `
+SELECT stream_id, 'output', node, seq, data, 0 FROM output_chunks WHERE run_id = $1 AND stream_id > $2 AND octet_length(data) > 0
+UNION ALL
+SELECT exit_stream_id, 'exit', node, 0, ''::bytea, exit_code FROM run_nodes WHERE run_id = $1 AND exit_stream_id > $2
+ORDER BY 1 LIMIT $3`
+
+// Stream returns up to limit items after cursor.
+func (q *Queries) Stream(ctx context.Context, runID string, cursor int64, limit int) ([]StreamItem, error) {
+	rows, err := q.db.Query(ctx, queryStream, runID, cursor, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read stream: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (StreamItem, error) {
+		var it StreamItem
+		err := row.Scan(&it.StreamID, &it.Kind, &it.Node, &it.Seq, &it.Data, &it.ExitCode)
+		return it, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read stream: %w", err)
+	}
+	return out, nil
+}
+
+// Chunk is a stored piece of one node's output.
+type Chunk struct {
+	Seq  int
+	Data []byte
+}
+
+const queryNodeOutput = `SELECT seq, data FROM output_chunks WHERE run_id = $1 AND node = $2 AND seq > $3 ORDER BY seq LIMIT $4`
+
+// NodeOutput returns up to limit of a node's chunks with sequence > after.
+func (q *Queries) NodeOutput(ctx context.Context, runID, node string, after, limit int) ([]Chunk, error) {
+	rows, err := q.db.Query(ctx, queryNodeOutput, runID, node, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read output: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Chunk, error) {
+		var c Chunk
+		err := row.Scan(&c.Seq, &c.Data)
+		return c, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read output: %w", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,188 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// TLS is a tenant's HTTPS settings for its Consul agent.
+type TLS struct {
+	CAFile             string `json:"ca_file,omitempty"`
+	CertFile           string `json:"cert_file,omitempty"`
+	KeyFile            string `json:"key_file,omitempty"`
+	ServerName         string `json:"server_name,omitempty"`
+	InsecureSkipVerify bool   `json:"insecure_skip_verify,omitempty"`
+	Enabled            bool   `json:"enabled,omitempty"`
+}
+
+// Tenant is an isolated user of rexec with its own Consul connection.
+type Tenant struct {
+	ID         int64
+	Name       string
+	ConsulAddr string
+	Datacenter string
+	// ConsulToken is a secret: it never leaves the process but towards Consul.
+	ConsulToken string
+	TLS         TLS
+	Prefix      string
+	OutputCap   int64
+	CreatedAt   time.Time
+}
+
+const tenantColumns = `id, name, consul_addr, consul_datacenter, consul_token, consul_tls, prefix, output_cap, created_at`
+
+func scanTenant(row interface{ Scan(...any) error }) (Tenant, error) {
+	var t Tenant
+	err := row.Scan(&t.ID, &t.Name, &t.ConsulAddr, &t.Datacenter, &t.ConsulToken, &t.TLS, &t.Prefix, &t.OutputCap, &t.CreatedAt)
+	return t, err
+}
+
+const queryCreateTenant = `
+INSERT INTO tenants (name, consul_addr, consul_datacenter, consul_token, consul_tls, prefix, output_cap)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+RETURNING ` + tenantColumns
+
+// CreateTenant inserts t; ErrExists if the name is taken.
+func (q *Queries) CreateTenant(ctx context.Context, t Tenant) (Tenant, error) {
+	out, err := scanTenant(q.db.QueryRow(ctx, queryCreateTenant, t.Name, t.ConsulAddr, t.Datacenter, t.ConsulToken, t.TLS, t.Prefix, t.OutputCap))
+	if isUniqueViolation(err) {
+		return Tenant{}, fmt.Errorf("tenant %q: %w", t.Name, ErrExists)
+	}
+	if err != nil {
+		return Tenant{}, fmt.Errorf("create tenant: %w", err)
+	}
+	return out, nil
+}
+
+const queryTenantByName = `SELECT ` + tenantColumns + ` FROM tenants WHERE name = $1`
+const queryTenantByID = `SELECT ` + tenantColumns + ` FROM tenants WHERE id = $1`
+
+// TenantByName returns the tenant called name.
+func (q *Queries) TenantByName(ctx context.Context, name string) (Tenant, error) {
+	t, err := scanTenant(q.db.QueryRow(ctx, queryTenantByName, name))
+	if err != nil {
+		return Tenant{}, fmt.Errorf("tenant %q: %w", name, notFound(err))
+	}
+	return t, nil
+}
+
+// TenantByID returns the tenant with id.
+func (q *Queries) TenantByID(ctx context.Context, id int64) (Tenant, error) {
+	t, err := scanTenant(q.db.QueryRow(ctx, queryTenantByID, id))
+	if err != nil {
+		return Tenant{}, fmt.Errorf("tenant %d: %w", id, notFound(err))
+	}
+	return t, nil
+}
+
+// Roles a principal can hold.
+const (
+	RoleSubmitter = "submitter"
+	RoleApprover  = "approver"
+	RoleAuditor   = "auditor"
+	RoleAdmin     = "admin"
+)
+
+// Principal is a named user of one tenant.
+type Principal struct {
+	ID       int64
+	TenantID int64
+	Name     string
+	Roles    []string
+}
+
+// Has reports whether p holds any of roles.
+func (p Principal) Has(roles ...string) bool {
+	for _, r := range roles {
+		for _, h := range p.Roles {
+			if r == h {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+const queryUpsertPrincipal = `
+INSERT INTO principals (tenant_id, name, roles) VALUES ($1, $2, $3)
+ON CONFLICT (tenant_id, name) DO UPDATE SET roles = EXCLUDED.roles
+RETURNING id, tenant_id, name, roles`
+
+// UpsertPrincipal creates the principal or replaces its roles.
+func (q *Queries) UpsertPrincipal(ctx context.Context, tenantID int64, name string, roles []string) (Principal, error) {
+	var p Principal
+	err := q.db.QueryRow(ctx, queryUpsertPrincipal, tenantID, name, roles).Scan(&p.ID, &p.TenantID, &p.Name, &p.Roles)
+	if err != nil {
+		return Principal{}, fmt.Errorf("save principal: %w", err)
+	}
+	return p, nil
+}
+
+// tokenPrefix marks rexec API tokens, so that secret scanners can find them.
+const tokenPrefix = "rxt_"
+
+// HashToken is how tokens are stored.
+func HashToken(token string) []byte {
+	h := sha256.Sum256([]byte(token))
+	return h[:]
+}
+
+const queryInsertToken = `INSERT INTO api_tokens (principal_id, token_hash) VALUES ($1, $2) RETURNING id`
+
+// CreateToken makes a new random API token for the principal and stores
+// only its hash. The token is returned once.
+func (q *Queries) CreateToken(ctx context.Context, principalID int64) (id int64, token string, err error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return 0, "", err
+	}
+	token = tokenPrefix + base64.RawURLEncoding.EncodeToString(b)
+	if err := q.db.QueryRow(ctx, queryInsertToken, principalID, HashToken(token)).Scan(&id); err != nil {
+		return 0, "", fmt.Errorf("create token: %w", err)
+	}
+	return id, token, nil
+}
+
+const queryRevokeToken = `UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL`
+
+// RevokeToken revokes the token with id.
+func (q *Queries) RevokeToken(ctx context.Context, id int64) error {
+	tag, err := q.db.Exec(ctx, queryRevokeToken, id)
+	if err != nil {
+		return fmt.Errorf("revoke token: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("token %d: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+const queryAuthenticate = `
+SELECT p.id, p.tenant_id, p.name, p.roles, ` + tenantColumnsT + `
+FROM api_tokens k
+JOIN principals p ON p.id = k.principal_id
+JOIN tenants t ON t.id = p.tenant_id
+WHERE k.token_hash = $1 AND k.revoked_at IS NULL`
+
+const tenantColumnsT = `t.id, t.name, t.consul_addr, t.consul_datacenter, t.consul_token, t.consul_tls, t.prefix, t.output_cap, t.created_at`
+
+// Authenticate returns the principal and tenant of a live token, or
+// ErrNotFound.
+func (q *Queries) Authenticate(ctx context.Context, token string) (Principal, Tenant, error) {
+	if !strings.HasPrefix(token, tokenPrefix) {
+		return Principal{}, Tenant{}, ErrNotFound
+	}
+	var p Principal
+	var t Tenant
+	err := q.db.QueryRow(ctx, queryAuthenticate, HashToken(token)).Scan(&p.ID, &p.TenantID, &p.Name, &p.Roles,
+		&t.ID, &t.Name, &t.ConsulAddr, &t.Datacenter, &t.ConsulToken, &t.TLS, &t.Prefix, &t.OutputCap, &t.CreatedAt)
+	if err != nil {
+		return Principal{}, Tenant{}, notFound(err)
+	}
+	return p, t, nil
+}
