@@ -1,0 +1,256 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+	"unicode"
+
+	"golang.org/x/term"
+
+	"github.com/rexec/rexec/internal/api"
+	"github.com/rexec/rexec/internal/client"
+)
+
+func cmdExec(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := newFlags("exec", stderr)
+	conn := addConnFlags(fs)
+	node := fs.String("node", "", "regular expression to filter on node names")
+	service := fs.String("service", "", "regular expression to filter on service instances")
+	tag := fs.String("tag", "", "regular expression to filter on service tags; needs -service")
+	shell := fs.Bool("shell", true, "run the command in a shell; -shell=false runs it as an argument vector")
+	wait := fs.Duration("wait", 2*time.Second, "quiet period after which stragglers are given up")
+	waitRepl := fs.Duration("wait-repl", 200*time.Millisecond, "pause for replication before the event is fired")
+	prefix := fs.String("prefix", "", "KV prefix (the tenant's, or one under it; default the tenant's)")
+	verbose := fs.Bool("verbose", false, "print progress details")
+	reason := fs.String("reason", "", "why this runs (kept in the audit log)")
+	detach := fs.Bool("detach", false, "submit, print the run ID and exit")
+	asJSON := fs.Bool("json", false, "print the finished run as JSON instead of the output")
+	dryRun := fs.Bool("dry-run", false, "show the target nodes without running anything")
+	timeout := fs.Duration("timeout", 0, "run deadline; unfinished nodes are cancelled after it (0: none)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: rexec-cli exec [options] [-|command...]")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return exitError(1)
+	}
+	req := api.SubmitRequest{
+		Shell: shell, Node: *node, Service: *service, Tag: *tag, Prefix: *prefix,
+		Wait: wait.String(), WaitRepl: waitRepl.String(), Reason: *reason, DryRun: *dryRun,
+	}
+	if *timeout > 0 {
+		req.Timeout = timeout.String()
+	}
+	words := fs.Args()
+	switch {
+	case len(words) == 1 && words[0] == "-":
+		if !*shell {
+			return errors.New("cannot use -shell=false when reading a script from stdin")
+		}
+		script, err := io.ReadAll(stdin)
+		if err != nil {
+			return fmt.Errorf("read stdin: %w", err)
+		}
+		if len(script) == 0 {
+			return errors.New("the script read from stdin is empty")
+		}
+		req.Script = script
+	case len(words) == 0:
+		return errors.New("must specify a command to execute")
+	default:
+		req.Argv = words
+	}
+	c, err := conn.client()
+	if err != nil {
+		return err
+	}
+	run, err := c.Submit(ctx, req)
+	if err != nil {
+		return err
+	}
+	switch {
+	case *dryRun:
+		return printDryRun(stdout, run, *asJSON)
+	case *detach:
+		fmt.Fprintln(stdout, run.ID)
+		return nil
+	}
+	if *verbose {
+		fmt.Fprintf(stderr, "==> run %s submitted to %d node(s)\n", run.ID, run.TargetCount)
+	}
+	return follow(ctx, c, run.ID, followOpts{print: !*asJSON, asJSON: *asJSON, stdout: stdout, stderr: stderr, verbose: *verbose})
+}
+
+func printDryRun(w io.Writer, run api.Run, asJSON bool) error {
+	if asJSON {
+		return writeJSON(w, run)
+	}
+	fmt.Fprintf(w, "%d node(s) would run it:\n", len(run.Targets))
+	for _, n := range run.Targets {
+		var svcs []string
+		for _, s := range n.Services {
+			svcs = append(svcs, s.ID+tagList(s.Tags))
+		}
+		fmt.Fprintf(w, "    %s  %s  %s\n", n.Name, n.Address, strings.Join(svcs, " "))
+	}
+	return nil
+}
+
+func tagList(tags []string) string {
+	if len(tags) == 0 {
+		return ""
+	}
+	return "[" + strings.Join(tags, ",") + "]"
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+type followOpts struct {
+	print   bool // print output and exits in consul exec's format
+	asJSON  bool // print the finished run as JSON
+	verbose bool
+	stdout  io.Writer
+	stderr  io.Writer
+}
+
+// follow streams a run until it ends, printing as consul exec does, and
+// returns the exit code consul exec would have.
+func follow(ctx context.Context, c *client.Client, id string, o followOpts) error {
+	prog := newProgress(o.stderr)
+	var cursor int64
+	exited := 0
+	for {
+		page, err := c.Stream(ctx, id, cursor, 20*time.Second)
+		if err != nil {
+			prog.clear()
+			if ctx.Err() != nil {
+				fmt.Fprintf(o.stderr, "rexec-cli: stopped waiting; run %s goes on (rexec-cli jobs cancel %s to cancel it)\n", id, id)
+				return exitError(1)
+			}
+			return err
+		}
+		cursor = page.Cursor
+		if len(page.Items) > 0 {
+			prog.clear()
+		}
+		for _, it := range page.Items {
+			switch it.Kind {
+			case "output":
+				if o.print {
+					fmt.Fprintln(o.stdout, prefixLines(false, it.Node, string(it.Data)))
+				}
+			case "exit":
+				exited++
+				if o.print {
+					fmt.Fprintln(o.stdout, prefixLines(true, it.Node, fmt.Sprintf("finished with exit code %d", *it.ExitCode)))
+				}
+			}
+		}
+		if !page.Done {
+			prog.show(page.Run.State, exited, page.Run.TargetCount)
+			continue
+		}
+		prog.clear()
+		return summarize(o, page.Run, page.Nodes)
+	}
+}
+
+// summarize prints the closing lines and returns the exit code.
+func summarize(o followOpts, run api.Run, nodes []api.Node) error {
+	if o.asJSON {
+		run.Nodes = nodes
+		if err := writeJSON(o.stdout, run); err != nil {
+			return err
+		}
+	}
+	completed, acked, bad := 0, 0, 0
+	var noAck []string
+	for _, n := range nodes {
+		if n.State == "exited" {
+			completed++
+		}
+		if n.AckedAt != nil {
+			acked++
+		}
+		if n.State == "no_ack" {
+			noAck = append(noAck, n.Node)
+		}
+		if n.State != "exited" || n.ExitCode == nil || *n.ExitCode != 0 {
+			bad++
+		}
+	}
+	if o.print {
+		fmt.Fprintf(o.stdout, "%d / %d node(s) completed / acknowledged\n", completed, acked)
+		if len(noAck) > 0 {
+			fmt.Fprintf(o.stdout, "==> %d node(s) never acknowledged: %s\n", len(noAck), strings.Join(noAck, ", "))
+		}
+	}
+	if run.Error != "" {
+		fmt.Fprintf(o.stderr, "rexec-cli: run %s %s: %s\n", run.ID, run.State, run.Error)
+	}
+	if o.verbose {
+		fmt.Fprintf(o.stderr, "==> run %s %s\n", run.ID, run.State)
+	}
+	switch {
+	case run.State == "denied" || run.State == "expired":
+		return exitError(1)
+	case bad > 0:
+		return exitError(2)
+	}
+	return nil
+}
+
+// prefixLines is consul exec's TargetedUI formatting: every line of message
+// prefixed with the node, then trailing white space of the whole trimmed.
+func prefixLines(arrow bool, node, message string) string {
+	lead := "   "
+	if arrow {
+		lead = "==>"
+	}
+	var b strings.Builder
+	for _, line := range strings.Split(message, "\n") {
+		fmt.Fprintf(&b, "%s %s: %s\n", lead, node, line)
+	}
+	return strings.TrimRightFunc(b.String(), unicode.IsSpace)
+}
+
+// progress shows the run's state on stderr while waiting, when stderr is a
+// terminal.
+type progress struct {
+	w    io.Writer
+	on   bool
+	last string
+}
+
+func newProgress(w io.Writer) *progress {
+	f, ok := w.(*os.File)
+	return &progress{w: w, on: ok && term.IsTerminal(int(f.Fd()))}
+}
+
+func (p *progress) show(state string, done, total int) {
+	if !p.on {
+		return
+	}
+	line := fmt.Sprintf("[%s] %d of %d node(s) done", state, done, total)
+	if line != p.last {
+		fmt.Fprintf(p.w, "\r\033[K%s", line)
+		p.last = line
+	}
+}
+
+func (p *progress) clear() {
+	if p.on && p.last != "" {
+		fmt.Fprint(p.w, "\r\033[K")
+		p.last = ""
+	}
+}

@@ -1,0 +1,102 @@
+// Command rexec-cli submits runs to rexec-svc and reads them back. Its exec
+// command takes the options of `consul exec` and prints in its format.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/rexec/rexec/internal/client"
+)
+
+const usage = `Usage: rexec-cli <command> [flags]
+
+Commands:
+  exec [options] [-|command...]   run a command on Consul nodes (the options of consul exec)
+  jobs list                       list runs
+  jobs show ID                    show a run and its nodes
+  jobs logs ID [-node N]          print a run's archived output
+  jobs wait ID                    wait for a run to end; exit as exec would have
+  jobs cancel ID                  cancel a run
+
+The server and token come from -addr and -token, or REXEC_ADDR and REXEC_TOKEN.
+Exit codes: 0 every expected node exited 0; 2 some node exited non-zero, was lost,
+never acknowledged or was cancelled; 1 an error.
+`
+
+// exitError carries an exit code without a message.
+type exitError int
+
+func (e exitError) Error() string { return fmt.Sprintf("exit %d", int(e)) }
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(exitCode(err, os.Stderr))
+}
+
+func exitCode(err error, stderr io.Writer) int {
+	var ee exitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		return int(ee)
+	case errors.Is(err, flag.ErrHelp):
+		return 1
+	}
+	fmt.Fprintln(stderr, "rexec-cli:", err)
+	return 1
+}
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitError(1)
+	}
+	switch args[0] {
+	case "exec":
+		return cmdExec(ctx, args[1:], stdin, stdout, stderr)
+	case "jobs":
+		if len(args) < 2 {
+			fmt.Fprint(stderr, usage)
+			return exitError(1)
+		}
+		return cmdJobs(ctx, args[1], args[2:], stdout, stderr)
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+// connFlags adds -addr and -token to fs.
+type connFlags struct{ addr, token *string }
+
+func addConnFlags(fs *flag.FlagSet) connFlags {
+	return connFlags{
+		addr:  fs.String("addr", os.Getenv("REXEC_ADDR"), "rexec-svc address ($REXEC_ADDR)"),
+		token: fs.String("token", os.Getenv("REXEC_TOKEN"), "API token ($REXEC_TOKEN)"),
+	}
+}
+
+func (c connFlags) client() (*client.Client, error) {
+	if *c.token == "" {
+		return nil, errors.New("no API token: set REXEC_TOKEN or -token")
+	}
+	return client.New(*c.addr, *c.token)
+}
+
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
