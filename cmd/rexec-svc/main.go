@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 )
 
 const usage = `Usage: rexec-svc <command> [flags]
@@ -89,6 +90,12 @@ func (f *flagSet) String(name, env, def, help string) *string {
 func (f *flagSet) Int(name, env string, def int, help string) *int {
 	f.env[name] = env
 	return f.FlagSet.Int(name, def, help+" ($"+env+")")
+}
+
+// Duration defines a duration flag with an environment fallback.
+func (f *flagSet) Duration(name, env string, def time.Duration, help string) *time.Duration {
+	f.env[name] = env
+	return f.FlagSet.Duration(name, def, help+" ($"+env+")")
 }
 
 // Parse parses args, then fills flags not given from the environment.

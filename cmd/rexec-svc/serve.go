@@ -30,6 +30,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, withAPI bool
 	}
 	workers := fs.Int("workers", "REXEC_WORKERS", jobs.WorkersDefault, "runs carried out at once by this process (0: API only)")
 	workerID := fs.String("worker-id", "REXEC_WORKER_ID", "", "name of this worker in leases and audit events (default: hostname-pid)")
+	leaseTTL := fs.Duration("lease-ttl", "REXEC_LEASE_TTL", jobs.LeaseTTLDefault, "how long a worker's claim on a run holds without renewal; a dead worker's runs are recovered after it")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -57,7 +58,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, withAPI bool
 	if err := store.CheckMigrated(ctx, st.Pool()); err != nil {
 		return err
 	}
-	opts := serveOptions{workers: *workers, workerID: *workerID}
+	opts := serveOptions{workers: *workers, workerID: *workerID, leaseTTL: *leaseTTL}
 	if withAPI {
 		l, err := net.Listen("tcp", *listen)
 		if err != nil {
@@ -72,6 +73,7 @@ type serveOptions struct {
 	listener net.Listener // nil: no API
 	workers  int
 	workerID string
+	leaseTTL time.Duration
 	ready    func(addr string)
 }
 
@@ -79,7 +81,7 @@ type serveOptions struct {
 // stops taking requests, and running runs are left, with their lease
 // released, for another worker to re-attach.
 func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOptions) error {
-	rc, err := jobs.NewClient(jobs.Config{Store: st, Workers: o.workers, WorkerID: o.workerID, Logger: log})
+	rc, err := jobs.NewClient(jobs.Config{Store: st, Workers: o.workers, WorkerID: o.workerID, LeaseTTL: o.leaseTTL, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -473,10 +473,13 @@ func (w *watcher) watch(ctx context.Context) (Outcome, error) {
 		if len(events) == 0 {
 			continue
 		}
-		lastActivity = time.Now()
 		if err := w.h(ctx, events); err != nil {
 			return "", fmt.Errorf("handle events: %w", err)
 		}
+		// The quiet period starts once the handler is done: time it spent
+		// storing (a busy database) must not make stragglers look silent,
+		// since nothing was read meanwhile.
+		lastActivity = time.Now()
 		for _, e := range events {
 			if e.Kind == EventOutput || e.Kind == EventHeartbeat {
 				w.toDelete = append(w.toDelete, chunkKey(r.dir, e.Node, e.Seq))

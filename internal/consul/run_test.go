@@ -443,3 +443,37 @@ func TestRunPinnedFilterSplit(t *testing.T) {
 	}
 	b.assertClean(t, res.Session)
 }
+
+// TestRunSlowHandler: time the handler spends storing (a busy database) is
+// not silence: a node that reported meanwhile is read, not given up.
+func TestRunSlowHandler(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := ctxT(t, time.Minute)
+	spec := b.spec("if [ \"$(basename $PWD)\" = web-2 ]; then sleep 1; fi; echo done")
+	spec.NodeFilter = "^web-"
+	spec.Wait = 500 * time.Millisecond
+	targets, err := b.client.Resolve(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var col collector
+	slowOnce := false
+	h := func(ctx context.Context, evs []consul.Event) error {
+		if !slowOnce {
+			slowOnce = true
+			time.Sleep(3 * spec.Wait) // the slow store, longer than the quiet period
+		}
+		return col.handle(ctx, evs)
+	}
+	res, err := b.client.Run(ctx, spec, targets, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range res.Nodes {
+		if n.State != consul.NodeExited {
+			t.Errorf("%s: %s, want exited", n.Node, n.State)
+		}
+	}
+	b.assertClean(t, res.Session)
+}

@@ -212,7 +212,7 @@ func (c *Cluster) Stop() {
 		}
 	}
 	if c.tmpDir {
-		os.RemoveAll(c.cfg.Dir)
+		if os.Getenv("REXEC_KEEP_CONSUL") == "" { os.RemoveAll(c.cfg.Dir) }
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -23,6 +24,9 @@ import (
 
 	"github.com/rexec/rexec/migrations"
 )
+
+// MaxConnsDefault is the pool size unless the URL sets pool_max_conns.
+const MaxConnsDefault = 32
 
 // Errors callers branch on.
 var (
@@ -54,6 +58,11 @@ func Open(ctx context.Context, url string) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("parse database URL: %w", err)
+	}
+	if !strings.Contains(url, "pool_max_conns") {
+		// pgxpool's default (4 on small machines) starves a worker that
+		// stores the reports of many runs at once.
+		cfg.MaxConns = MaxConnsDefault
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

@@ -1,0 +1,182 @@
+package e2e_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+type nodeJSON struct {
+	Node     string     `json:"node"`
+	State    string     `json:"state"`
+	ExitCode *int       `json:"exit_code"`
+	AckedAt  *time.Time `json:"acked_at"`
+	Bytes    int64      `json:"bytes"`
+}
+
+type runJSON struct {
+	ID    string     `json:"id"`
+	State string     `json:"state"`
+	Nodes []nodeJSON `json:"nodes"`
+}
+
+func (e *env) show(id string) runJSON {
+	e.t.Helper()
+	res := e.cli(nil, "jobs", "show", id, "-json")
+	var r runJSON
+	if res.code != 0 || json.Unmarshal([]byte(res.stdout), &r) != nil {
+		e.t.Fatalf("jobs show %s: exit %d\n%s%s", id, res.code, res.stdout, res.stderr)
+	}
+	return r
+}
+
+// TestWorkerKilled kills the worker with SIGKILL after the event was fired
+// and the nodes started; a new worker re-attaches, the run completes with
+// all its output, and no node ran the command twice.
+func TestWorkerKilled(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpts{workers: -1}) // the API process runs no workers
+	dir := t.TempDir()
+	gate := filepath.Join(dir, "gate")
+	cmd := fmt.Sprintf("echo run >> %s/$(basename $PWD); echo before; while [ ! -f %s ]; do sleep 0.05; done; echo after", dir, gate)
+	nodes := []string{"web-1", "web-2", "db-1"}
+	workerA, _ := e.startProc("worker", "-workers", "2", "-worker-id", "A", "-lease-ttl", "2s")
+
+	sub := e.cli(nil, "exec", "-detach", "-node", "^(web-1|web-2|db-1)$", cmd)
+	if sub.code != 0 {
+		t.Fatalf("exec -detach: %d %s", sub.code, sub.stderr)
+	}
+	id := strings.TrimSpace(sub.stdout)
+	// Wait until worker A has stored every node's first output.
+	ctx := ctxT(t, time.Minute)
+	for {
+		r := e.show(id)
+		started := 0
+		for _, n := range r.Nodes {
+			if n.AckedAt != nil && n.Bytes > 0 {
+				started++
+			}
+		}
+		if started == len(nodes) {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("nodes never started: %+v", r)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	workerA.Stop(syscall.SIGKILL, 0)
+
+	e.startProc("worker", "-workers", "2", "-worker-id", "B", "-lease-ttl", "2s")
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wait := e.cli(nil, "jobs", "wait", id)
+	if wait.code != 0 {
+		t.Fatalf("jobs wait: exit %d\n%s%s", wait.code, wait.stdout, wait.stderr)
+	}
+	for _, n := range nodes {
+		logs := e.cli(nil, "jobs", "logs", id, "-node", n)
+		if logs.stdout != "before\nafter\n" {
+			t.Errorf("%s archived %q", n, logs.stdout)
+		}
+		ran, _ := os.ReadFile(filepath.Join(dir, n))
+		if string(ran) != "run\n" {
+			t.Errorf("%s ran the command %d times", n, strings.Count(string(ran), "run"))
+		}
+	}
+	if keys := e.kvKeys(); len(keys) != 0 {
+		t.Errorf("left in KV: %v", keys)
+	}
+}
+
+// TestTwoWorkersFiftyRuns: two worker processes on one database carry out
+// 50 runs, each exactly once.
+func TestTwoWorkersFiftyRuns(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpts{workers: -1})
+	e.startProc("worker", "-workers", "8", "-worker-id", "one")
+	e.startProc("worker", "-workers", "8", "-worker-id", "two")
+	dir := t.TempDir()
+	const runs = 50
+	ids := make([]string, runs)
+	var wg sync.WaitGroup
+	errs := make(chan string, runs)
+	for i := range runs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res := e.cli(nil, "exec", "-detach", "-node", "^web-", fmt.Sprintf("echo %d >> %s/$(basename $PWD)", i, dir))
+			if res.code != 0 {
+				errs <- res.stderr
+				return
+			}
+			ids[i] = strings.TrimSpace(res.stdout)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for msg := range errs {
+		t.Fatalf("submit: %s", msg)
+	}
+	for _, id := range ids {
+		if res := e.cli(nil, "jobs", "wait", id); res.code != 0 {
+			t.Fatalf("run %s: exit %d\n%s%s\n%s", id, res.code, res.stdout, res.stderr, e.cli(nil, "jobs", "show", id).stdout)
+		}
+	}
+	for _, node := range []string{"web-1", "web-2"} {
+		b, err := os.ReadFile(filepath.Join(dir, node))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []int
+		for _, l := range strings.Fields(string(b)) {
+			n, _ := strconv.Atoi(l)
+			got = append(got, n)
+		}
+		slices.Sort(got)
+		want := make([]int, runs)
+		for i := range want {
+			want[i] = i
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%s ran %d commands, want each of %d once: %v", node, len(got), runs, got)
+		}
+	}
+	// Both workers took part, and each run was started exactly once.
+	workers := map[string]int{}
+	for _, w := range e.auditWorkers() {
+		workers[w]++
+	}
+	if len(workers) != 2 || workers["worker:one"]+workers["worker:two"] != runs {
+		t.Errorf("runs started per worker: %v", workers)
+	}
+}
+
+// auditWorkers returns the actor of every run.started event.
+func (e *env) auditWorkers() []string {
+	e.t.Helper()
+	conn := e.conn()
+	rows, err := conn.Query(ctxT(e.t, 10*time.Second), "SELECT actor FROM audit_events WHERE type = 'run.started'")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var a string
+		if err := rows.Scan(&a); err != nil {
+			e.t.Fatal(err)
+		}
+		out = append(out, a)
+	}
+	return out
+}
