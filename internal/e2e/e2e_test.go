@@ -278,16 +278,6 @@ func (e *env) conn() *pgx.Conn {
 	return conn
 }
 
-// dbCount counts rows of a table in the test's database.
-func (e *env) dbCount(table string) int {
-	e.t.Helper()
-	var n int
-	if err := e.conn().QueryRow(context.Background(), "SELECT count(*) FROM "+pgx.Identifier{table}.Sanitize()).Scan(&n); err != nil {
-		e.t.Fatal(err)
-	}
-	return n
-}
-
 // kvKeys lists what is left under the test's prefix.
 func (e *env) kvKeys() []string {
 	e.t.Helper()
