@@ -211,8 +211,9 @@ func (c *Cluster) Stop() {
 			a.Kill()
 		}
 	}
-	if c.tmpDir {
-		if os.Getenv("REXEC_KEEP_CONSUL") == "" { os.RemoveAll(c.cfg.Dir) }
+	// REXEC_KEEP_CONSUL keeps the agents' logs for a post-mortem.
+	if c.tmpDir && os.Getenv("REXEC_KEEP_CONSUL") == "" {
+		os.RemoveAll(c.cfg.Dir)
 	}
 }
 
