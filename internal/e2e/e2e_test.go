@@ -69,7 +69,7 @@ func TestMain(m *testing.M) {
 
 // env is one test's rexec: its own database, tenant, token and server.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	db      string
 	addr    string // http://host:port
 	token   string
@@ -84,7 +84,7 @@ type envOpts struct {
 	leaseTTL time.Duration
 }
 
-func newEnv(t *testing.T, o envOpts) *env {
+func newEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
 	cl := testenv.Cluster(t)
 	e := &env{t: t, db: testenv.Database(t), cluster: cl, prefix: "_rexec/" + strings.ReplaceAll(testenv.Prefix(t), "/", "-")}
@@ -288,7 +288,7 @@ func (e *env) kvKeys() []string {
 	return keys
 }
 
-func ctxT(t *testing.T, d time.Duration) context.Context {
+func ctxT(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx

@@ -127,7 +127,7 @@ func NewClient(cfg Config) (*river.Client[pgx.Tx], error) {
 	}
 	if cfg.Workers > 0 {
 		workers := river.NewWorkers()
-		river.AddWorker(workers, &ExecWorker{cfg: cfg})
+		river.AddWorker(workers, &ExecWorker{cfg: cfg, clients: NewClients(cfg.ConsulConfig)})
 		river.AddWorker(workers, &RecoverWorker{cfg: cfg})
 		rc.Workers = workers
 		rc.Queues = map[string]river.QueueConfig{

@@ -23,7 +23,8 @@ var errCancelRequested = errors.New("cancel requested")
 // ExecWorker carries out runs.
 type ExecWorker struct {
 	river.WorkerDefaults[ExecArgs]
-	cfg Config
+	cfg     Config
+	clients *Clients
 }
 
 // Work claims the run, executes or re-attaches it, and finishes it.
@@ -109,13 +110,10 @@ func (e *execution) carryOut(jobCtx context.Context) error {
 	}()
 	defer func() { cancel(nil); <-leaseDone }()
 
-	ccfg := ConsulConfig(e.tenant)
-	ccfg.SessionTTL = cfg.SessionTTL
-	ccfg.Logger = e.log
-	if cfg.ConsulConfig != nil {
-		cfg.ConsulConfig(&ccfg)
-	}
-	client, err := consul.New(ccfg)
+	client, err := e.w.clients.Get(e.tenant, func(c *consul.Config) {
+		c.SessionTTL = cfg.SessionTTL
+		c.Logger = cfg.Logger
+	})
 	if err != nil {
 		return e.finish(jobCtx, nil, store.StateFailed, "", fmt.Sprintf("consul configuration: %v", err))
 	}

@@ -57,10 +57,10 @@ type Caller struct {
 
 // Service implements rexec's operations.
 type Service struct {
-	store  *store.Store
-	river  *river.Client[pgx.Tx]
-	log    *slog.Logger
-	consul func(*consul.Config)
+	store   *store.Store
+	river   *river.Client[pgx.Tx]
+	log     *slog.Logger
+	clients *jobs.Clients
 }
 
 // Config configures a Service.
@@ -81,7 +81,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Service{store: cfg.Store, river: cfg.River, log: cfg.Logger, consul: cfg.ConsulConfig}, nil
+	return &Service{store: cfg.Store, river: cfg.River, log: cfg.Logger, clients: jobs.NewClients(cfg.ConsulConfig)}, nil
 }
 
 // Authenticate resolves a bearer token.
@@ -127,12 +127,7 @@ type Submitted struct {
 }
 
 func (s *Service) consulClient(t store.Tenant) (*consul.Client, error) {
-	cfg := jobs.ConsulConfig(t)
-	cfg.Logger = s.log
-	if s.consul != nil {
-		s.consul(&cfg)
-	}
-	return consul.New(cfg)
+	return s.clients.Get(t, func(c *consul.Config) { c.Logger = s.log })
 }
 
 // Submit validates sub, resolves its frozen target set with the tenant's

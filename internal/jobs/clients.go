@@ -1,0 +1,59 @@
+package jobs
+
+import (
+	"sync"
+
+	"github.com/rexec/rexec/internal/consul"
+	"github.com/rexec/rexec/internal/store"
+)
+
+// Clients keeps one engine client per tenant configuration, so that
+// connections to a tenant's agent are pooled rather than opened per run
+// (an agent allows only so many connections per client address).
+type Clients struct {
+	adjust func(*consul.Config)
+	mu     sync.Mutex
+	byKey  map[int64]cachedClient
+}
+
+type cachedClient struct {
+	cfg    consul.Config
+	client *consul.Client
+}
+
+// NewClients returns an empty cache; adjust, if not nil, amends every
+// configuration before use.
+func NewClients(adjust func(*consul.Config)) *Clients {
+	return &Clients{adjust: adjust, byKey: map[int64]cachedClient{}}
+}
+
+// Get returns the client for the tenant's current configuration, with
+// extra settings applied by mod (nil for none).
+func (c *Clients) Get(t store.Tenant, mod func(*consul.Config)) (*consul.Client, error) {
+	cfg := ConsulConfig(t)
+	if mod != nil {
+		mod(&cfg)
+	}
+	if c.adjust != nil {
+		c.adjust(&cfg)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cc, ok := c.byKey[t.ID]; ok && sameConfig(cc.cfg, cfg) {
+		return cc.client, nil
+	}
+	client, err := consul.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	c.byKey[t.ID] = cachedClient{cfg: cfg, client: client}
+	return client, nil
+}
+
+// sameConfig compares the fields that make a connection; the logger and
+// HTTP client are the process's own and do not vary per tenant.
+func sameConfig(a, b consul.Config) bool {
+	a.Logger, b.Logger = nil, nil
+	a.HTTPClient, b.HTTPClient = nil, nil
+	return a == b
+}
