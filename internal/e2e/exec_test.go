@@ -33,8 +33,12 @@ func TestExecParity(t *testing.T) {
 		{note: "multi-line and no output", args: []string{"-node", "^(web|db)-", "[ $(basename $PWD) = db-1 ] || printf 'x\\n\\n  y\\nz'"}},
 	} {
 		t.Run(tc.note, func(t *testing.T) {
-			want := e.consulExec(tc.stdin, tc.args...)
-			got := e.cli(tc.stdin, append([]string{"exec"}, tc.args...)...)
+			// consul exec gives up on a node that acknowledges more than
+			// -wait after the last report, which a loaded test machine can
+			// cause; both get a longer quiet period (rexec ends early anyway).
+			args := append([]string{"-wait", "5s"}, tc.args...)
+			want := e.consulExec(tc.stdin, args...)
+			got := e.cli(tc.stdin, append([]string{"exec"}, args...)...)
 			if got.code != want.code {
 				t.Errorf("exit code %d, consul exec %d\nrexec stderr: %s", got.code, want.code, got.stderr)
 			}

@@ -1,6 +1,8 @@
 package e2e_test
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -179,4 +181,99 @@ func (e *env) auditWorkers() []string {
 		out = append(out, a)
 	}
 	return out
+}
+
+// TestCancelAndTimeout: cancelling a running run and a run's deadline stop
+// collection, clean KV, and mark unfinished nodes cancelled; the CLI exits 2.
+func TestCancelAndTimeout(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpts{})
+
+	sub := e.cli(nil, "exec", "-detach", "-node", "^(web-1|db-1)$", "echo started; sleep 30")
+	id := strings.TrimSpace(sub.stdout)
+	ctx := ctxT(t, time.Minute)
+	for { // wait until both nodes run the command
+		r := e.show(id)
+		acked := 0
+		for _, n := range r.Nodes {
+			if n.Bytes > 0 {
+				acked++
+			}
+		}
+		if acked == 2 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("nodes never started: %+v", r)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if res := e.cli(nil, "jobs", "cancel", id); res.code != 0 || !strings.Contains(res.stdout, "cancel requested") {
+		t.Fatalf("jobs cancel: %d %s%s", res.code, res.stdout, res.stderr)
+	}
+	wait := e.cli(nil, "jobs", "wait", id)
+	r := e.show(id)
+	if wait.code != 2 || r.State != "cancelled" {
+		t.Errorf("after cancel: exit %d, state %s", wait.code, r.State)
+	}
+	for _, n := range r.Nodes {
+		if n.State != "cancelled" || n.Bytes != int64(len("started\n")) {
+			t.Errorf("%s: %s, %d bytes", n.Node, n.State, n.Bytes)
+		}
+	}
+
+	start := time.Now()
+	res := e.cli(nil, "exec", "-verbose", "-timeout", "1s", "-node", "^web-2$", "sleep 30")
+	if res.code != 2 || time.Since(start) > 20*time.Second {
+		t.Errorf("exec -timeout 1s: exit %d after %s\n%s", res.code, time.Since(start), res.stderr)
+	}
+	r = e.show(runID(t, res.stderr))
+	if r.State != "failed" || len(r.Nodes) != 1 || r.Nodes[0].State != "cancelled" {
+		t.Errorf("after the deadline: %+v", r)
+	}
+	if !strings.Contains(res.stderr, "run deadline of 1s passed") {
+		t.Errorf("stderr does not explain the failure: %s", res.stderr)
+	}
+	if keys := e.kvKeys(); len(keys) != 0 {
+		t.Errorf("left in KV: %v", keys)
+	}
+}
+
+// TestOutputCap: past the tenant's cap a node's output is truncated, and
+// its total bytes and the hash of the whole stream are still recorded.
+func TestOutputCap(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpts{})
+	e.svc("tenant", "create", "small", "-consul-addr", e.cluster.Agent("web-1").HTTPAddr(), "-prefix", e.prefix, "-output-cap", "100")
+	tok := e.newToken("small", "erin", "submitter")
+	res := e.cliAs(tok, nil, "exec", "-verbose", "-node", "^web-1$", "seq 1 10000")
+	if res.code != 0 {
+		t.Fatalf("exec: %d %s", res.code, res.stderr)
+	}
+	id := runID(t, res.stderr)
+	logs := e.cliAs(tok, nil, "jobs", "logs", id, "-node", "web-1")
+	var full strings.Builder
+	for i := 1; i <= 10000; i++ {
+		fmt.Fprintf(&full, "%d\n", i)
+	}
+	if logs.stdout != full.String()[:100] {
+		t.Errorf("archived %q, want the first 100 bytes", logs.stdout)
+	}
+	show := e.cliAs(tok, nil, "jobs", "show", id, "-json")
+	var run struct {
+		Nodes []struct {
+			Bytes     int64  `json:"bytes"`
+			Stored    int64  `json:"stored_bytes"`
+			SHA256    string `json:"sha256"`
+			Truncated bool   `json:"truncated"`
+		} `json:"nodes"`
+	}
+	if err := json.Unmarshal([]byte(show.stdout), &run); err != nil || len(run.Nodes) != 1 {
+		t.Fatalf("jobs show: %v %s", err, show.stdout)
+	}
+	n := run.Nodes[0]
+	sum := sha256.Sum256([]byte(full.String()))
+	if !n.Truncated || n.Stored != 100 || n.Bytes != int64(full.Len()) || n.SHA256 != hex.EncodeToString(sum[:]) {
+		t.Errorf("node: %+v, want truncated, 100 stored, %d bytes, sha256 %x", n, full.Len(), sum)
+	}
 }
