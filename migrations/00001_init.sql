@@ -50,8 +50,11 @@ CREATE TABLE runs (
     output_cap      bigint NOT NULL,
     -- The frozen target set: [{node, address, services: [{id, name, tags}]}].
     targets         jsonb NOT NULL,
-    -- Set before the event is fired: a run with a session is never fired again.
+    -- The session is recorded before anything is fired, firing_at at the last
+    -- moment before the first event goes out: a run with firing_at set is
+    -- never fired again (it may have been), one without may be prepared anew.
     session         text,
+    firing_at       timestamptz,
     -- The worker carrying the run out, and until when its claim holds.
     lease_owner     text,
     lease_expires_at timestamptz,

@@ -204,6 +204,8 @@ func summarize(o followOpts, run api.Run, nodes []api.Node) error {
 	switch {
 	case run.State == "denied" || run.State == "expired":
 		return exitError(1)
+	case run.State == "failed" && run.FiredAt == nil:
+		return exitError(1) // it never ran anywhere: an error, not a node's failure
 	case bad > 0:
 		return exitError(2)
 	}

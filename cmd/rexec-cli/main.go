@@ -81,14 +81,22 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 // connFlags adds -addr and -token to fs.
 type connFlags struct{ addr, token *string }
 
+// The environment is read after parsing, not used as the flags' defaults:
+// a default shows in -h and usage output, and the token is a secret.
 func addConnFlags(fs *flag.FlagSet) connFlags {
 	return connFlags{
-		addr:  fs.String("addr", os.Getenv("REXEC_ADDR"), "rexec-svc address ($REXEC_ADDR)"),
-		token: fs.String("token", os.Getenv("REXEC_TOKEN"), "API token ($REXEC_TOKEN)"),
+		addr:  fs.String("addr", "", "rexec-svc address (default $REXEC_ADDR)"),
+		token: fs.String("token", "", "API token (default $REXEC_TOKEN)"),
 	}
 }
 
 func (c connFlags) client() (*client.Client, error) {
+	if *c.addr == "" {
+		*c.addr = os.Getenv("REXEC_ADDR")
+	}
+	if *c.token == "" {
+		*c.token = os.Getenv("REXEC_TOKEN")
+	}
 	if *c.token == "" {
 		return nil, errors.New("no API token: set REXEC_TOKEN or -token")
 	}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -122,6 +124,7 @@ func cmdTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 	tenant := fs.String("tenant", "REXEC_TENANT", "", "tenant name (required)")
 	principal := fs.String("principal", "REXEC_PRINCIPAL", "", "principal name (required; created if new)")
 	roles := fs.String("roles", "REXEC_ROLES", "", "comma-separated roles: submitter, approver, auditor, admin (required)")
+	setRoles := fs.FlagSet.Bool("set-roles", false, "change the roles of an existing principal (and so of all its tokens)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -143,11 +146,50 @@ func cmdTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	defer st.Close()
-	tok, err := createToken(ctx, st, *tenant, *principal, rs)
+	id, tok, err := createToken(ctx, st, *tenant, *principal, rs, *setRoles)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "token for %s/%s (roles %s); it is shown once:\n%s\n", *tenant, *principal, strings.Join(rs, ","), tok)
+	fmt.Fprintf(stdout, "token %d for %s/%s (roles %s); it is shown once:\n%s\n", id, *tenant, *principal, strings.Join(rs, ","), tok)
+	return nil
+}
+
+func cmdTokenRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("token revoke", stderr)
+	dbURL := fs.databaseURL()
+	tenant := fs.String("tenant", "REXEC_TENANT", "", "tenant name (required)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *tenant == "" || fs.NArg() != 1 {
+		return errors.New("usage: rexec-svc token revoke -tenant NAME TOKEN-ID")
+	}
+	id, err := strconv.ParseInt(fs.Arg(0), 10, 64)
+	if err != nil {
+		return fmt.Errorf("token ID %q is not a number", fs.Arg(0))
+	}
+	if err := requireDB(*dbURL); err != nil {
+		return err
+	}
+	st, err := store.Open(ctx, *dbURL)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	err = st.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
+		t, err := q.TenantByName(ctx, *tenant)
+		if err != nil {
+			return err
+		}
+		if err := q.RevokeToken(ctx, t.ID, id); err != nil {
+			return err
+		}
+		return audit.Record(ctx, tx, audit.Event{TenantID: t.ID, Actor: "admin", Type: audit.TokenRevoked, Data: map[string]any{"token_id": id}})
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "revoked token %d\n", id)
 	return nil
 }
 
@@ -165,26 +207,45 @@ func parseRoles(s string) ([]string, error) {
 	return out, nil
 }
 
-// createToken upserts the principal and makes a token, audited, in one
-// transaction.
-func createToken(ctx context.Context, st *store.Store, tenantName, principal string, roles []string) (string, error) {
+// createToken makes a token for the principal, creating the principal if
+// new, audited, in one transaction. The roles of an existing principal
+// change only when setRoles says so.
+func createToken(ctx context.Context, st *store.Store, tenantName, principal string, roles []string, setRoles bool) (int64, string, error) {
+	var id int64
 	var token string
 	err := st.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
 		t, err := q.TenantByName(ctx, tenantName)
 		if err != nil {
 			return err
 		}
-		p, err := q.UpsertPrincipal(ctx, t.ID, principal, roles)
+		p, err := q.PrincipalByName(ctx, t.ID, principal)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return err
+		case !sameRoles(p.Roles, roles) && !setRoles:
+			return fmt.Errorf("principal %q has roles %s; pass -set-roles to change them (for all its tokens)", principal, strings.Join(p.Roles, ","))
+		case !sameRoles(p.Roles, roles):
+			if err := audit.Record(ctx, tx, audit.Event{TenantID: t.ID, Actor: "admin", Type: audit.RolesChanged,
+				Data: map[string]any{"principal": principal, "from": p.Roles, "to": roles}}); err != nil {
+				return err
+			}
+		}
+		p, err = q.UpsertPrincipal(ctx, t.ID, principal, roles)
 		if err != nil {
 			return err
 		}
-		id, tok, err := q.CreateToken(ctx, p.ID)
+		id, token, err = q.CreateToken(ctx, p.ID)
 		if err != nil {
 			return err
 		}
-		token = tok
 		return audit.Record(ctx, tx, audit.Event{TenantID: t.ID, Actor: "admin", Type: audit.TokenCreated,
 			Data: map[string]any{"principal": principal, "roles": roles, "token_id": id}})
 	})
-	return token, err
+	return id, token, err
+}
+
+func sameRoles(a, b []string) bool {
+	a, b = slices.Sorted(slices.Values(a)), slices.Sorted(slices.Values(b))
+	return slices.Equal(slices.Compact(a), slices.Compact(b))
 }

@@ -61,7 +61,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		Prefix: "_rexec", OutputCap: 1 << 20}); err != nil {
 		return err
 	}
-	token, err := createToken(ctx, st, "dev", "dev", []string{"submitter", "approver", "auditor", "admin"})
+	_, token, err := createToken(ctx, st, "dev", "dev", []string{"submitter", "approver", "auditor", "admin"}, false)
 	if err != nil {
 		return err
 	}

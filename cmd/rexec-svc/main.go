@@ -24,6 +24,7 @@ Commands:
   worker         run workers only
   tenant create  create a tenant
   token create   create an API token for a principal (printed alone on the last line)
+  token revoke   revoke an API token by its ID
   dev            run everything on this machine for a first look
 
 Every flag has an environment fallback, named in its help (rexec-svc <command> -h).
@@ -58,6 +59,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdTenantCreate(ctx, rest[1:], stdout, stderr)
 	case cmd == "token" && len(rest) > 0 && rest[0] == "create":
 		return cmdTokenCreate(ctx, rest[1:], stdout, stderr)
+	case cmd == "token" && len(rest) > 0 && rest[0] == "revoke":
+		return cmdTokenRevoke(ctx, rest[1:], stdout, stderr)
 	case cmd == "dev":
 		return cmdDev(ctx, rest, stdout, stderr)
 	case cmd == "-h" || cmd == "--help" || cmd == "help":

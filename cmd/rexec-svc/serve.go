@@ -104,11 +104,17 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 		notifier := store.NewNotifier(st, log)
 		wg.Add(1)
 		go func() { defer wg.Done(); notifier.Run(nctx) }()
+		// Requests' contexts end when shutdown begins, so that long-polling
+		// stream requests answer at once instead of holding shutdown up.
+		baseCtx, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
+		defer cancelBase()
 		srv = &http.Server{
+			BaseContext: func(net.Listener) context.Context { return baseCtx },
 			Handler: api.Handler(api.Config{Service: svc, Notifier: notifier, Logger: log,
 				Ready: func(ctx context.Context) error { return store.CheckMigrated(ctx, st.Pool()) }}),
 			ReadHeaderTimeout: 10 * time.Second,
 		}
+		srv.RegisterOnShutdown(cancelBase)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -124,19 +130,21 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 	}
 	<-ctx.Done()
 	log.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
 	if srv != nil {
-		if err := srv.Shutdown(sctx); err != nil {
+		hctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := srv.Shutdown(hctx); err != nil {
 			log.Warn("http shutdown", slog.Any("error", err))
 		}
+		cancel()
 	}
 	if o.workers > 0 {
 		// Cancelling the jobs' contexts detaches their runs; recovery on
 		// another (or the restarted) worker re-attaches them.
-		if err := rc.StopAndCancel(sctx); err != nil {
+		wctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		if err := rc.StopAndCancel(wctx); err != nil {
 			log.Warn("stop workers", slog.Any("error", err))
 		}
+		cancel()
 	}
 	wg.Wait()
 	return serveErr

@@ -27,6 +27,9 @@ import (
 // in JSON, fits with room to spare.
 const MaxBodyBytes = 2 << 20
 
+// MaxListLimit bounds a page of runs.
+const MaxListLimit = 500
+
 // MaxStreamWait bounds how long a stream request waits for news.
 const MaxStreamWait = 30 * time.Second
 
@@ -234,6 +237,9 @@ func parseDuration(name, s string) (time.Duration, error) {
 	if err != nil {
 		return 0, invalid("%s: %v", name, err)
 	}
+	if d != 0 && d.Abs() < time.Millisecond {
+		return 0, invalid("%s: %s is below the resolution of 1ms", name, d)
+	}
 	return d, nil
 }
 
@@ -277,26 +283,27 @@ func (s *server) list(w http.ResponseWriter, r *http.Request, c service.Caller) 
 	f := store.ListFilter{State: q.Get("state"), Limit: 50}
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			return invalid("limit must be a positive number")
+		if err != nil || n < 1 || n > MaxListLimit {
+			return invalid("limit must be between 1 and %d", MaxListLimit)
 		}
 		f.Limit = n
 	}
 	if v := q.Get("before"); v != "" {
 		at, id, ok := strings.Cut(v, "_")
 		t, err := time.Parse(time.RFC3339Nano, at)
-		if !ok || err != nil {
+		if !ok || err != nil || !store.IsUUID(id) {
 			return invalid("malformed before cursor")
 		}
 		f.BeforeAt, f.BeforeID = &t, id
 	}
-	runs, err := s.cfg.Service.List(r.Context(), c, f)
+	runs, nodes, err := s.cfg.Service.List(r.Context(), c, f)
 	if err != nil {
 		return err
 	}
 	page := RunList{Runs: make([]Run, len(runs))}
 	for i, run := range runs {
 		page.Runs[i] = runJSON(run)
+		page.Runs[i].Nodes = nodesJSON(nodes[run.ID])
 	}
 	if len(runs) > 0 && len(runs) == f.Limit {
 		last := runs[len(runs)-1]

@@ -14,6 +14,8 @@ import (
 const (
 	TenantCreated  = "tenant.created"
 	TokenCreated   = "token.created"
+	TokenRevoked   = "token.revoked"
+	RolesChanged   = "principal.roles_changed"
 	RunSubmitted   = "run.submitted"
 	RunQueued      = "run.queued"
 	RunStarted     = "run.started"

@@ -36,6 +36,7 @@ const (
 	KVMaxValueSizeDefault = 512 * 1024
 	RoundIntervalDefault  = 25 * time.Millisecond
 	TeardownTimeout       = 10 * time.Second
+	HandlerTimeout        = 30 * time.Second
 )
 
 // TLSConfig configures HTTPS to the Consul agent.

@@ -56,6 +56,9 @@ type Event struct {
 // those chunks from KV. An error abandons the run without tearing it down,
 // so that a retry can re-attach (see Client.Attach).
 //
+// ctx lives for the call only, and is not cancelled when the run is: what
+// the agents reported is stored even then.
+//
 // After a re-attach, events the previous watcher already saw may come again:
 // store them idempotently, keyed by (node, kind, seq).
 type Handler func(ctx context.Context, events []Event) error

@@ -45,6 +45,8 @@ type Run struct {
 	dir     string // <prefix>/<session>/
 
 	fired     bool // true after firing or for an attached run
+	firedAt   time.Time
+	events    int
 	renewStop context.CancelFunc
 	renewDone chan struct{}
 	lost      chan struct{} // closed when renewal finds the session gone
@@ -284,34 +286,97 @@ func (r *Run) detach() {
 	r.stopRenewal()
 }
 
-// Execute fires the run's event(s) (unless the run was attached), watches
-// the agents' reports, hands them to h as they arrive, and tears the run
-// down at the end, on every path but a detach. It returns once every
-// expected node has exited, or the quiet period passed, or ctx ended.
+// Execute fires the run's event(s) (unless the run was attached) and
+// watches it to its end: Fire(ctx, nil) followed by Watch(ctx, h).
+func (r *Run) Execute(ctx context.Context, h Handler) (*Result, error) {
+	if !r.fired {
+		if err := r.Fire(ctx, nil); err != nil {
+			return nil, err
+		}
+	}
+	return r.Watch(ctx, h)
+}
+
+// ErrNotFired wraps every error of Fire: nothing was fired, and the run is
+// torn down.
+var ErrNotFired = errors.New("nothing fired")
+
+// Fire waits wait-repl, calls before (when not nil) at the last moment
+// nothing has been fired — a caller records there that the command may now
+// run — and fires one event per pinned filter. On any error before the
+// first event went out, including an error of before or a cancelled or
+// detached ctx, the run is torn down and the error wraps ErrNotFired. If a
+// later event fails after an earlier one went out, the run goes on: those
+// nodes were told, and the rest will end no_ack.
+func (r *Run) Fire(ctx context.Context, before func(context.Context) error) error {
+	r.mu.Lock()
+	if r.done || r.fired {
+		r.mu.Unlock()
+		return fmt.Errorf("%w: run already fired, attached or closed", ErrNotFired)
+	}
+	r.mu.Unlock()
+	fail := func(err error) error {
+		r.teardown(ctx)
+		return fmt.Errorf("%w: %w", ErrNotFired, err)
+	}
+	t := time.NewTimer(r.spec.WaitRepl)
+	select {
+	case <-ctx.Done():
+		t.Stop()
+		return fail(fmt.Errorf("wait-repl: %w", context.Cause(ctx)))
+	case <-t.C:
+	}
+	if before != nil {
+		if err := before(ctx); err != nil {
+			return fail(err)
+		}
+	}
+	payload := encodePayload(r.spec.Prefix, r.session)
+	for i, f := range r.filters {
+		ev := &api.UserEvent{Name: eventName, Payload: payload, NodeFilter: f, ServiceFilter: r.spec.ServiceFilter, TagFilter: r.spec.TagFilter}
+		// Once the first event went out, the rest must go too, whatever
+		// happens to ctx.
+		fctx := ctx
+		if i > 0 {
+			fctx = context.WithoutCancel(ctx)
+		}
+		_, _, err := r.c.api.Event().Fire(ev, (&api.WriteOptions{}).WithContext(fctx))
+		if err != nil {
+			if i == 0 {
+				return fail(fmt.Errorf("fire event: %w", err))
+			}
+			r.c.log.ErrorContext(ctx, "fire event", slog.Int("event", i+1), slog.Int("of", len(r.filters)), slog.Any("error", err))
+			break
+		}
+		if i == 0 {
+			r.firedAt = time.Now()
+		}
+		r.events++
+	}
+	r.fired = true
+	return nil
+}
+
+// FiredAt is when the first event went out (zero before, or for an
+// attached run), and Events how many did.
+func (r *Run) FiredAt() (time.Time, int) { return r.firedAt, r.events }
+
+// Watch watches a fired or attached run, hands the agents' reports to h as
+// they arrive, and tears the run down at the end, on every path but a
+// detach. It returns once every expected node has exited, or the quiet
+// period passed, or ctx ended.
 //
 // Cancelling ctx cancels the run: the session and its keys are destroyed and
 // unfinished nodes are NodeCancelled. Stock agents keep running the command;
 // they only stop uploading. Cancelling with cause ErrDetach instead leaves
-// the run for another process to re-attach.
-func (r *Run) Execute(ctx context.Context, h Handler) (*Result, error) {
+// the run for another process to re-attach, as does an error of h.
+func (r *Run) Watch(ctx context.Context, h Handler) (*Result, error) {
 	r.mu.Lock()
-	if r.done {
+	if r.done || !r.fired {
 		r.mu.Unlock()
-		return nil, errors.New("run already executed or closed")
+		return nil, errors.New("run not fired, or already watched or closed")
 	}
 	r.mu.Unlock()
-
-	res := &Result{Session: r.session}
-	if !r.fired {
-		if err := r.fire(ctx, res); err != nil {
-			if detaching(ctx) {
-				r.detach()
-				return nil, ErrDetached
-			}
-			r.teardown(ctx)
-			return nil, err
-		}
-	}
 	w := newWatcher(r, h)
 	outcome, err := w.watch(ctx)
 	if err != nil || outcome == "" {
@@ -322,45 +387,14 @@ func (r *Run) Execute(ctx context.Context, h Handler) (*Result, error) {
 		return nil, err
 	}
 	r.teardown(ctx)
-	res.Outcome = outcome
-	res.Nodes = w.results(outcome)
-	res.FinishedAt = time.Now()
-	return res, nil
+	return &Result{
+		Session: r.session, Outcome: outcome, Nodes: w.results(outcome),
+		Events: r.events, FiredAt: r.firedAt, FinishedAt: time.Now(),
+	}, nil
 }
 
 func detaching(ctx context.Context) bool {
 	return errors.Is(context.Cause(ctx), ErrDetach)
-}
-
-// fire waits wait-repl, then fires one event per pinned filter. If a later
-// event fails after an earlier one went out, the run goes on: its nodes were
-// told, and the rest will end no_ack.
-func (r *Run) fire(ctx context.Context, res *Result) error {
-	t := time.NewTimer(r.spec.WaitRepl)
-	select {
-	case <-ctx.Done():
-		t.Stop()
-		return fmt.Errorf("wait-repl: %w", context.Cause(ctx))
-	case <-t.C:
-	}
-	payload := encodePayload(r.spec.Prefix, r.session)
-	for i, f := range r.filters {
-		ev := &api.UserEvent{Name: eventName, Payload: payload, NodeFilter: f, ServiceFilter: r.spec.ServiceFilter, TagFilter: r.spec.TagFilter}
-		_, _, err := r.c.api.Event().Fire(ev, (&api.WriteOptions{}).WithContext(ctx))
-		if err != nil {
-			if i == 0 {
-				return fmt.Errorf("fire event: %w", err)
-			}
-			r.c.log.ErrorContext(ctx, "fire event", slog.Int("event", i+1), slog.Int("of", len(r.filters)), slog.Any("error", err))
-			break
-		}
-		if i == 0 {
-			res.FiredAt = time.Now()
-		}
-		res.Events++
-	}
-	r.fired = true
-	return nil
 }
 
 // nodeState is what the watcher knows of one expected node.
@@ -473,7 +507,13 @@ func (w *watcher) watch(ctx context.Context) (Outcome, error) {
 		if len(events) == 0 {
 			continue
 		}
-		if err := w.h(ctx, events); err != nil {
+		// The handler stores what the agents reported even when the run is
+		// being cancelled: that output was produced and belongs in the
+		// archive.
+		hctx, hcancel := context.WithTimeout(context.WithoutCancel(ctx), HandlerTimeout)
+		err = w.h(hctx, events)
+		hcancel()
+		if err != nil {
 			return "", fmt.Errorf("handle events: %w", err)
 		}
 		// The quiet period starts once the handler is done: time it spent

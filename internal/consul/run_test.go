@@ -242,7 +242,7 @@ func TestRunDeletesStoredChunks(t *testing.T) {
 	}
 	var session string
 	stored := 0
-	h := func(ctx context.Context, evs []consul.Event) error {
+	h := func(_ context.Context, evs []consul.Event) error {
 		for _, e := range evs {
 			if e.Kind == consul.EventOutput && string(e.Data) == "first\n" {
 				stored++

@@ -95,6 +95,9 @@ func TestBadInput(t *testing.T) {
 	e.svc("tenant", "create", "down", "-consul-addr", "127.0.0.1:1", "-prefix", e.prefix)
 	downToken := e.newToken("down", "bob", "submitter")
 	auditor := e.newToken("acme", "carol", "auditor")
+	revokedOut := strings.Fields(e.svc("token", "create", "-tenant", "acme", "-principal", "frank", "-roles", "submitter"))
+	revoked := revokedOut[len(revokedOut)-1]
+	e.svc("token", "revoke", "-tenant", "acme", revokedOut[1])
 	done := e.cli(nil, "exec", "-verbose", "-node", "^web-1$", "true")
 	doneID := runID(t, done.stderr)
 	conn := e.conn()
@@ -123,7 +126,9 @@ func TestBadInput(t *testing.T) {
 		{note: "filter matching no node", args: []string{"exec", "-node", "^nothing$", "true"}, stderr: "match no alive node"},
 		{note: "prefix outside the tenant's", args: []string{"exec", "-prefix", "elsewhere", "true"}, stderr: "outside the tenant's prefix"},
 		{note: "unknown run", args: []string{"jobs", "show", "no-such-run"}, stderr: "no run"},
-		{note: "revoked or wrong token", token: "rxt_not-a-real-token", args: []string{"jobs", "list"}, stderr: "invalid or revoked token"},
+		{note: "wrong token", token: "rxt_not-a-real-token", args: []string{"jobs", "list"}, stderr: "invalid or revoked token"},
+		{note: "revoked token", token: revoked, args: []string{"jobs", "list"}, stderr: "invalid or revoked token"},
+		{note: "malformed run ID", args: []string{"jobs", "logs", "x'; DROP TABLE runs; --"}, stderr: "no run"},
 		{note: "missing token", token: " ", args: []string{"jobs", "list"}, stderr: "missing or malformed Authorization"},
 		{note: "consul down", token: downToken, args: []string{"exec", "true"}, stderr: "cannot reach the tenant's Consul"},
 		{note: "submitting without the role", token: auditor, args: []string{"exec", "true"}, stderr: "needs the submitter role"},

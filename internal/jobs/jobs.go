@@ -78,7 +78,8 @@ type Config struct {
 	LeaseTTL time.Duration
 	// SessionTTL is the Consul session TTL of runs. It must cover a worker's
 	// death plus the lease expiry and the recovery of the run, or the
-	// agents' unread output is deleted by Consul first. Default: 60s.
+	// agents' unread output is deleted by Consul first. Default: 60s, or six
+	// LeaseTTLs if that is more.
 	SessionTTL time.Duration
 	// RecoverInterval is how often the leader looks for abandoned runs.
 	// Default: 2s.
@@ -99,7 +100,7 @@ func (c Config) withDefaults() Config {
 		c.WorkerID = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
 	c.LeaseTTL = cmp.Or(c.LeaseTTL, LeaseTTLDefault)
-	c.SessionTTL = cmp.Or(c.SessionTTL, SessionTTLDefault)
+	c.SessionTTL = cmp.Or(c.SessionTTL, max(SessionTTLDefault, 6*c.LeaseTTL))
 	c.RecoverInterval = cmp.Or(c.RecoverInterval, RecoverIntervalDefault)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -114,8 +115,11 @@ func NewClient(cfg Config) (*river.Client[pgx.Tx], error) {
 	if cfg.Store == nil {
 		return nil, errors.New("jobs: Store is required")
 	}
-	if cfg.SessionTTL < 3*cfg.LeaseTTL {
-		return nil, errors.New("jobs: SessionTTL must be at least three LeaseTTLs, so that a run outlives its lease")
+	switch {
+	case cfg.LeaseTTL < time.Second || cfg.LeaseTTL > 10*time.Minute:
+		return nil, errors.New("jobs: LeaseTTL must be between 1s and 10m")
+	case cfg.SessionTTL < 3*cfg.LeaseTTL || cfg.SessionTTL > time.Hour:
+		return nil, errors.New("jobs: SessionTTL must be at least three LeaseTTLs (so that a run outlives its lease) and at most 1h")
 	}
 	rc := &river.Config{
 		ID:     cfg.WorkerID,

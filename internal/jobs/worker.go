@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
 
@@ -44,11 +46,12 @@ func (w *ExecWorker) Work(ctx context.Context, job *river.Job[ExecArgs]) error {
 	if err != nil {
 		return err
 	}
+	owner := store.NewLeaseOwner(w.cfg.WorkerID)
 	actor := "worker:" + w.cfg.WorkerID
 	var claimed bool
 	err = st.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
 		var first bool
-		claimed, first, err = q.ClaimRun(ctx, run.ID, w.cfg.WorkerID, w.cfg.LeaseTTL)
+		claimed, first, err = q.ClaimRun(ctx, run.ID, owner, w.cfg.LeaseTTL)
 		if err != nil || !claimed {
 			return err
 		}
@@ -70,17 +73,26 @@ func (w *ExecWorker) Work(ctx context.Context, job *river.Job[ExecArgs]) error {
 	if run, err = st.GetRunByID(ctx, run.ID); err != nil {
 		return err
 	}
-	e := &execution{w: w, run: run, tenant: tenant, actor: actor, log: log}
+	e := &execution{w: w, run: run, tenant: tenant, owner: owner, actor: actor, log: log,
+		lastAttempt: job.Attempt >= job.MaxAttempts}
+	if job.Args.Recovery > MaxRecoveries {
+		return e.finish(ctx, nil, store.StateFailed, "", fmt.Sprintf("gave up after %d recoveries", MaxRecoveries))
+	}
 	return e.carryOut(ctx)
 }
 
-// execution is one worker's go at one run.
+// MaxRecoveries bounds how often a run is handed to a new worker.
+const MaxRecoveries = 20
+
+// execution is one worker's claim on one run.
 type execution struct {
-	w      *ExecWorker
-	run    store.Run
-	tenant store.Tenant
-	actor  string
-	log    *slog.Logger
+	w           *ExecWorker
+	run         store.Run
+	tenant      store.Tenant
+	owner       string // the lease owner of this claim
+	actor       string
+	log         *slog.Logger
+	lastAttempt bool // River will not retry this job
 }
 
 func (e *execution) carryOut(jobCtx context.Context) error {
@@ -100,7 +112,7 @@ func (e *execution) carryOut(jobCtx context.Context) error {
 	defer stop()
 	if e.run.Timeout > 0 && e.run.StartedAt != nil {
 		var c context.CancelFunc
-		ectx, c = context.WithDeadline(ectx, e.run.StartedAt.Add(e.run.Timeout))
+		ectx, c = context.WithDeadlineCause(ectx, e.run.StartedAt.Add(e.run.Timeout), errDeadline)
 		defer c()
 	}
 	leaseDone := make(chan struct{})
@@ -124,89 +136,144 @@ func (e *execution) carryOut(jobCtx context.Context) error {
 	spec := SpecOf(e.run)
 
 	var r *consul.Run
-	if e.run.Session == "" {
+	if e.run.FiringAt == nil {
+		// Never fired: prepare afresh (a session of an earlier attempt that
+		// stopped short of firing is abandoned to its TTL).
 		r, err = client.Prepare(ectx, spec, targets)
 		if err != nil {
-			return e.failOrRetry(jobCtx, ectx, err)
+			return e.notStarted(jobCtx, ectx, err)
 		}
 		err = st.InTx(jobCtx, func(tx pgx.Tx, q *store.Queries) error {
-			return q.RecordSession(jobCtx, e.run.ID, cfg.WorkerID, r.Session())
+			return q.RecordSession(jobCtx, e.run.ID, e.owner, r.Session())
 		})
 		if err != nil {
 			r.Close(jobCtx)
-			return err
+			return e.notStarted(jobCtx, ectx, err)
+		}
+		err = r.Fire(ectx, func(ctx context.Context) error {
+			return st.MarkFiring(ctx, e.run.ID, e.owner, r.Session())
+		})
+		if err != nil {
+			return e.notStarted(jobCtx, ectx, err)
+		}
+		firedAt, events := r.FiredAt()
+		err = st.InTx(jobCtx, func(tx pgx.Tx, q *store.Queries) error {
+			if err := q.MarkFired(jobCtx, e.run.ID, firedAt); err != nil {
+				return err
+			}
+			return audit.Record(jobCtx, tx, audit.Event{TenantID: e.run.TenantID, RunID: e.run.ID, Actor: e.actor, Type: audit.EventFired,
+				Data: map[string]any{"events": events, "session": r.Session()}})
+		})
+		if err != nil {
+			e.log.ErrorContext(jobCtx, "record fired event", slog.Any("error", err))
 		}
 	} else {
+		// It may have fired: never again. Carry on watching.
 		r, err = client.Attach(ectx, spec, e.run.Session, targets)
 		if errors.Is(err, consul.ErrSessionGone) {
 			return e.finish(jobCtx, nil, store.StateFailed, string(consul.OutcomeSessionLost),
 				"the Consul session expired before a worker re-attached; unfinished nodes are lost")
 		}
 		if err != nil {
-			return e.failOrRetry(jobCtx, ectx, err)
+			return e.leave(jobCtx, err)
 		}
 	}
 
-	res, err := r.Execute(ectx, e.handle)
+	res, err := r.Watch(ectx, e.handle)
 	if err != nil {
-		if ectx.Err() != nil || errors.Is(err, consul.ErrDetached) {
-			// Left for another worker: let go of the lease so that recovery
-			// starts now rather than at its expiry.
-			if rerr := st.ReleaseLease(context.WithoutCancel(jobCtx), e.run.ID, cfg.WorkerID); rerr != nil {
-				e.log.WarnContext(jobCtx, "release lease", slog.Any("error", rerr))
-			}
-			if errors.Is(err, consul.ErrDetached) && jobCtx.Err() != nil {
-				return nil // shutting down; recovery picks the run up
-			}
-		}
-		return err
+		return e.leave(jobCtx, err)
 	}
 	state, msg := store.StateCompleted, ""
 	switch res.Outcome {
 	case consul.OutcomeCancelled:
-		state = store.StateCancelled
-		if errors.Is(ectx.Err(), context.DeadlineExceeded) {
-			state, msg = store.StateFailed, fmt.Sprintf("run deadline of %s passed", e.run.Timeout)
-		}
+		state, msg = e.stopReason(ectx)
 	case consul.OutcomeSessionLost:
 		state, msg = store.StateFailed, "the Consul session disappeared during the run; unfinished nodes are lost"
 	}
 	return e.finish(jobCtx, res, state, string(res.Outcome), msg)
 }
 
-// failOrRetry ends the run failed on errors retrying cannot fix, and
-// returns other errors for River to retry.
-func (e *execution) failOrRetry(jobCtx, ectx context.Context, err error) error {
-	if ectx.Err() != nil && !errors.Is(context.Cause(ectx), consul.ErrDetach) {
-		state, msg := store.StateCancelled, ""
-		if errors.Is(ectx.Err(), context.DeadlineExceeded) {
-			state, msg = store.StateFailed, fmt.Sprintf("run deadline of %s passed", e.run.Timeout)
-		}
-		return e.finish(jobCtx, nil, state, string(consul.OutcomeCancelled), msg)
+// errDeadline is the cause of a run's deadline passing.
+var errDeadline = errors.New("run deadline passed")
+
+// stopReason says how a run whose engine context ended is to finish.
+func (e *execution) stopReason(ectx context.Context) (state, msg string) {
+	if errors.Is(context.Cause(ectx), errDeadline) {
+		return store.StateFailed, fmt.Sprintf("run deadline of %s passed", e.run.Timeout)
 	}
-	var tooLarge *consul.SpecTooLargeError
-	var filterErr *consul.FilterError
-	if errors.As(err, &tooLarge) || errors.As(err, &filterErr) || errors.Is(err, consul.ErrNoTargets) ||
-		errors.Is(err, consul.ErrNoCommand) || errors.Is(err, consul.ErrScriptWithNoShell) || errors.Is(err, consul.ErrTagWithoutService) {
+	return store.StateCancelled, ""
+}
+
+// notStarted handles an error before anything was fired: a cancel or
+// deadline ends the run; a detach or a transient error gives the run back
+// to the queue for River to retry (with backoff, up to its attempts); an
+// error retrying cannot fix ends the run failed.
+func (e *execution) notStarted(jobCtx, ectx context.Context, err error) error {
+	st := e.w.cfg.Store
+	switch {
+	case errors.Is(err, store.ErrLeaseLost):
+		return nil // another claim holds the run
+	case ectx.Err() != nil && !errors.Is(context.Cause(ectx), consul.ErrDetach):
+		state, msg := e.stopReason(ectx)
+		return e.finish(jobCtx, nil, state, string(consul.OutcomeCancelled), msg)
+	case ectx.Err() == nil && permanent(err), e.lastAttempt && ectx.Err() == nil:
 		return e.finish(jobCtx, nil, store.StateFailed, "", err.Error())
 	}
-	_ = e.w.cfg.Store.ReleaseLease(context.WithoutCancel(jobCtx), e.run.ID, e.w.cfg.WorkerID)
+	if rerr := st.Requeue(context.WithoutCancel(jobCtx), e.run.ID, e.owner); rerr != nil {
+		e.log.WarnContext(jobCtx, "requeue run", slog.Any("error", rerr))
+	}
+	if jobCtx.Err() != nil {
+		// This worker stops: River retries the job on a live one.
+		return fmt.Errorf("worker stopping: %w", err)
+	}
 	return err
 }
 
-// keepLease renews the run's lease until ctx ends. A lost lease detaches
-// the engine; a requested cancel cancels the run.
+// permanent reports errors that no retry can fix: invalid specs, and
+// Consul refusing the tenant's token or the request.
+func permanent(err error) bool {
+	var tooLarge *consul.SpecTooLargeError
+	var filterErr *consul.FilterError
+	var se api.StatusError
+	switch {
+	case errors.As(err, &tooLarge), errors.As(err, &filterErr), errors.Is(err, consul.ErrNoTargets),
+		errors.Is(err, consul.ErrNoCommand), errors.Is(err, consul.ErrScriptWithNoShell), errors.Is(err, consul.ErrTagWithoutService):
+		return true
+	case errors.As(err, &se):
+		return se.Code == 400 || se.Code == 401 || se.Code == 403 || se.Code == 413
+	}
+	return strings.Contains(err.Error(), "Permission denied") || strings.Contains(err.Error(), "ACL not found")
+}
+
+// leave lets go of a fired run that this worker cannot finish (it stops, it
+// lost its lease, its store or Consul failed): the lease is released so
+// that recovery hands the run to a new job at once, which re-attaches.
+func (e *execution) leave(jobCtx context.Context, err error) error {
+	if !errors.Is(err, store.ErrLeaseLost) {
+		if rerr := e.w.cfg.Store.ReleaseLease(context.WithoutCancel(jobCtx), e.run.ID, e.owner); rerr != nil {
+			e.log.WarnContext(jobCtx, "release lease", slog.Any("error", rerr))
+		}
+	}
+	e.log.InfoContext(jobCtx, "left the run for recovery", slog.Any("reason", err))
+	// Recovery, not River's retry, resumes the run.
+	return nil
+}
+
+// keepLease renews the run's lease until ctx ends. A lost lease, or
+// renewals failing for a whole TTL, detaches the engine; a requested cancel
+// cancels the run.
 func (e *execution) keepLease(ctx context.Context, cancel context.CancelCauseFunc) {
 	cfg := e.w.cfg
 	t := time.NewTicker(cfg.LeaseTTL / 3)
 	defer t.Stop()
+	renewed := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		cancelAsked, err := cfg.Store.RenewLease(ctx, e.run.ID, cfg.WorkerID, cfg.LeaseTTL)
+		cancelAsked, err := cfg.Store.RenewLease(ctx, e.run.ID, e.owner, cfg.LeaseTTL)
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -216,9 +283,15 @@ func (e *execution) keepLease(ctx context.Context, cancel context.CancelCauseFun
 			return
 		case err != nil:
 			e.log.WarnContext(ctx, "renew lease", slog.Any("error", err))
+			if time.Since(renewed) > cfg.LeaseTTL {
+				cancel(consul.ErrDetach)
+				return
+			}
 		case cancelAsked:
 			cancel(errCancelRequested)
 			return
+		default:
+			renewed = time.Now()
 		}
 	}
 }
@@ -227,6 +300,9 @@ func (e *execution) keepLease(ctx context.Context, cancel context.CancelCauseFun
 func (e *execution) handle(ctx context.Context, events []consul.Event) error {
 	run := e.run
 	return e.w.cfg.Store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
+		if err := q.HoldLease(ctx, run.ID, e.owner); err != nil {
+			return err
+		}
 		var evs []audit.Event
 		for _, ev := range events {
 			switch ev.Kind {
@@ -266,6 +342,9 @@ func (e *execution) finish(ctx context.Context, res *consul.Result, state, outco
 	ctx = context.WithoutCancel(ctx)
 	run := e.run
 	err := e.w.cfg.Store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
+		if err := q.HoldLease(ctx, run.ID, e.owner); err != nil {
+			return err
+		}
 		nodes, err := q.RunNodes(ctx, run.ID)
 		if err != nil {
 			return err
@@ -277,13 +356,6 @@ func (e *execution) finish(ctx context.Context, res *consul.Result, state, outco
 			}
 		}
 		var evs []audit.Event
-		if res != nil && !res.FiredAt.IsZero() {
-			if err := q.MarkFired(ctx, run.ID, res.FiredAt); err != nil {
-				return err
-			}
-			evs = append(evs, audit.Event{TenantID: run.TenantID, RunID: run.ID, Actor: e.actor, Type: audit.EventFired,
-				Data: map[string]any{"at": res.FiredAt, "events": res.Events, "session": res.Session}})
-		}
 		for _, n := range nodes {
 			if n.State == "exited" {
 				continue
@@ -308,7 +380,7 @@ func (e *execution) finish(ctx context.Context, res *consul.Result, state, outco
 					Data: map[string]any{"node": n.Node, "state": ns}})
 			}
 		}
-		ok, err := q.FinishRun(ctx, run.ID, state, outcome, msg)
+		ok, err := q.FinishRun(ctx, run.ID, e.owner, state, outcome, msg)
 		if err != nil || !ok {
 			return err
 		}
@@ -319,6 +391,9 @@ func (e *execution) finish(ctx context.Context, res *consul.Result, state, outco
 		}
 		return q.NotifyRun(ctx, run.ID)
 	})
+	if errors.Is(err, store.ErrLeaseLost) {
+		return nil // another claim holds the run and will finish it
+	}
 	if err != nil {
 		return fmt.Errorf("finish run: %w", err)
 	}

@@ -26,12 +26,22 @@ func (s *Service) Get(ctx context.Context, c Caller, id string) (store.Run, erro
 	return s.runOf(ctx, c, id)
 }
 
-// List returns the caller's tenant's runs, newest first.
-func (s *Service) List(ctx context.Context, c Caller, f store.ListFilter) ([]store.Run, error) {
-	if f.Limit <= 0 || f.Limit > 500 {
+// List returns the caller's tenant's runs, newest first, with their
+// per-node results by run ID.
+func (s *Service) List(ctx context.Context, c Caller, f store.ListFilter) ([]store.Run, map[string][]store.NodeResult, error) {
+	if f.Limit <= 0 {
 		f.Limit = 50
 	}
-	return s.store.ListRuns(ctx, c.Tenant.ID, f)
+	runs, err := s.store.ListRuns(ctx, c.Tenant.ID, f)
+	if err != nil {
+		return nil, nil, err
+	}
+	ids := make([]string, len(runs))
+	for i, r := range runs {
+		ids[i] = r.ID
+	}
+	nodes, err := s.store.RunsNodes(ctx, ids)
+	return runs, nodes, err
 }
 
 // Nodes returns a run's per-node results.
@@ -45,7 +55,7 @@ func (s *Service) Nodes(ctx context.Context, c Caller, id string) (store.Run, []
 }
 
 // Output returns up to limit of a node's chunks after sequence after.
-// Reading output from the start is audited.
+// Every read that returns output is audited.
 func (s *Service) Output(ctx context.Context, c Caller, id, node string, after, limit int) ([]store.Chunk, error) {
 	r, err := s.runOf(ctx, c, id)
 	if err != nil {
@@ -57,10 +67,12 @@ func (s *Service) Output(ctx context.Context, c Caller, id, node string, after, 
 	if limit <= 0 || limit > 1000 {
 		limit = 256
 	}
-	if after < 0 {
-		s.auditRead(ctx, c, r.ID, map[string]any{"node": node})
+	chunks, err := s.store.NodeOutput(ctx, r.ID, node, after, limit)
+	if err != nil || len(chunks) == 0 {
+		return chunks, err
 	}
-	return s.store.NodeOutput(ctx, r.ID, node, after, limit)
+	err = s.auditRead(ctx, c, r.ID, map[string]any{"node": node, "from_seq": chunks[0].Seq, "to_seq": chunks[len(chunks)-1].Seq})
+	return chunks, err
 }
 
 // StreamPage is a page of a run's stream.
@@ -76,15 +88,12 @@ type StreamPage struct {
 }
 
 // Stream returns the run's output chunks and exits after cursor, waiting up
-// to wait for new ones while the run goes on. Reading from the start is
+// to wait for new ones while the run goes on. Every page with output is
 // audited.
 func (s *Service) Stream(ctx context.Context, c Caller, id string, cursor int64, wait time.Duration, wake <-chan struct{}) (StreamPage, error) {
 	r, err := s.runOf(ctx, c, id)
 	if err != nil {
 		return StreamPage{}, err
-	}
-	if cursor == 0 {
-		s.auditRead(ctx, c, r.ID, map[string]any{"stream": true})
 	}
 	deadline := time.Now().Add(wait)
 	for {
@@ -108,14 +117,20 @@ func (s *Service) Stream(ctx context.Context, c Caller, id string, cursor int64,
 				return StreamPage{}, err
 			}
 		}
-		if len(items) > 0 || page.Done || !time.Now().Before(deadline) {
+		if len(items) > 0 {
+			// Every page that hands out output is an audited read.
+			err := s.auditRead(ctx, c, r.ID, map[string]any{"stream": true, "after": cursor, "to": page.Cursor, "items": len(items)})
+			return page, err
+		}
+		if page.Done || !time.Now().Before(deadline) {
 			return page, nil
 		}
 		t := time.NewTimer(min(time.Until(deadline), time.Second))
 		select {
 		case <-ctx.Done():
+			// The client left or the server shuts down: the wait is over.
 			t.Stop()
-			return StreamPage{}, ctx.Err()
+			return page, nil
 		case <-wake:
 		case <-t.C:
 		}
@@ -123,11 +138,10 @@ func (s *Service) Stream(ctx context.Context, c Caller, id string, cursor int64,
 	}
 }
 
-func (s *Service) auditRead(ctx context.Context, c Caller, runID string, data map[string]any) {
-	err := audit.Record(ctx, s.store.Pool(), audit.Event{TenantID: c.Tenant.ID, RunID: runID, Actor: c.Principal.Name, Type: audit.OutputRead, Data: data})
-	if err != nil {
-		s.log.ErrorContext(ctx, "audit output read", "error", err)
-	}
+// auditRead records a read of archived output; output is not handed out
+// when the read cannot be audited.
+func (s *Service) auditRead(ctx context.Context, c Caller, runID string, data map[string]any) error {
+	return audit.Record(ctx, s.store.Pool(), audit.Event{TenantID: c.Tenant.ID, RunID: runID, Actor: c.Principal.Name, Type: audit.OutputRead, Data: data})
 }
 
 // Cancel cancels a run: at once if it has not started, through its worker

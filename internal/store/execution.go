@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding"
 	"encoding/hex"
@@ -13,18 +14,27 @@ import (
 // ErrLeaseLost means another worker holds the run now, or it ended.
 var ErrLeaseLost = errors.New("lease on run lost")
 
+// NewLeaseOwner returns a lease owner for one claim by worker.
+func NewLeaseOwner(worker string) string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return worker + "/" + hex.EncodeToString(b)
+}
+
 const queryClaimRun = `
 WITH old AS (SELECT id, started_at FROM runs WHERE id = $1 FOR UPDATE)
 UPDATE runs r SET state = 'running', started_at = coalesce(r.started_at, now()),
 	lease_owner = $2, lease_expires_at = now() + $3 * interval '1 millisecond'
 FROM old
 WHERE r.id = old.id AND r.state IN ('queued', 'running')
-	AND (r.lease_owner IS NULL OR r.lease_owner = $2 OR r.lease_expires_at < now())
+	AND (r.lease_owner IS NULL OR r.lease_expires_at < now())
 RETURNING old.started_at IS NULL`
 
 // ClaimRun takes the run for owner for ttl, moving it to running. It
 // reports claimed=false when the run is not queued or running, or another
-// live worker holds it; first is true on the run's first start.
+// live claim holds it; first is true on the run's first start. owner must
+// be unique per claim (see NewLeaseOwner), so that two jobs of one process
+// cannot both hold a run.
 func (q *Queries) ClaimRun(ctx context.Context, runID, owner string, ttl time.Duration) (claimed, first bool, err error) {
 	err = q.db.QueryRow(ctx, queryClaimRun, runID, owner, ttl.Milliseconds()).Scan(&first)
 	if err != nil {
@@ -54,6 +64,33 @@ func (q *Queries) RenewLease(ctx context.Context, runID, owner string, ttl time.
 	return cancelRequested, nil
 }
 
+const queryHoldLease = `SELECT 1 FROM runs WHERE id = $1 AND lease_owner = $2 AND state = 'running' FOR SHARE`
+
+// HoldLease asserts, for the rest of the transaction, that owner holds the
+// run: every write of a run's results goes through it, so that a worker
+// that lost its claim cannot write beside the new holder.
+func (q *Queries) HoldLease(ctx context.Context, runID, owner string) error {
+	var one int
+	if err := q.db.QueryRow(ctx, queryHoldLease, runID, owner).Scan(&one); err != nil {
+		if errors.Is(notFound(err), ErrNotFound) {
+			return ErrLeaseLost
+		}
+		return fmt.Errorf("hold lease: %w", err)
+	}
+	return nil
+}
+
+const queryRequeue = `UPDATE runs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL
+WHERE id = $1 AND lease_owner = $2 AND state = 'running' AND firing_at IS NULL`
+
+// Requeue gives back a run that never reached firing, for River to retry.
+func (q *Queries) Requeue(ctx context.Context, runID, owner string) error {
+	if _, err := q.db.Exec(ctx, queryRequeue, runID, owner); err != nil {
+		return fmt.Errorf("requeue run: %w", err)
+	}
+	return nil
+}
+
 const queryReleaseLease = `UPDATE runs SET lease_expires_at = now() WHERE id = $1 AND lease_owner = $2 AND state = 'running'`
 
 // ReleaseLease gives a running run up for recovery by another worker.
@@ -64,13 +101,29 @@ func (q *Queries) ReleaseLease(ctx context.Context, runID, owner string) error {
 	return nil
 }
 
-const queryRecordSession = `UPDATE runs SET session = $3 WHERE id = $1 AND lease_owner = $2 AND state = 'running' AND session IS NULL`
+const queryRecordSession = `UPDATE runs SET session = $3 WHERE id = $1 AND lease_owner = $2 AND state = 'running' AND firing_at IS NULL`
 
-// RecordSession stores the Consul session before anything is fired.
+// RecordSession stores the Consul session before anything is fired; it
+// replaces the session of an earlier attempt that never reached firing.
 func (q *Queries) RecordSession(ctx context.Context, runID, owner, session string) error {
 	tag, err := q.db.Exec(ctx, queryRecordSession, runID, owner, session)
 	if err != nil {
 		return fmt.Errorf("record session: %w", err)
+	}
+	if tag.RowsAffected() != 1 {
+		return ErrLeaseLost
+	}
+	return nil
+}
+
+const queryMarkFiring = `UPDATE runs SET firing_at = now() WHERE id = $1 AND lease_owner = $2 AND state = 'running' AND firing_at IS NULL AND session = $3`
+
+// MarkFiring records, at the last moment before the first event goes out,
+// that the command may run from now on: the run is never fired again.
+func (q *Queries) MarkFiring(ctx context.Context, runID, owner, session string) error {
+	tag, err := q.db.Exec(ctx, queryMarkFiring, runID, owner, session)
+	if err != nil {
+		return fmt.Errorf("mark firing: %w", err)
 	}
 	if tag.RowsAffected() != 1 {
 		return ErrLeaseLost
@@ -203,13 +256,14 @@ func (q *Queries) EndNode(ctx context.Context, runID, node, state string) (bool,
 	return tag.RowsAffected() == 1, nil
 }
 
-const queryFinishRun = `UPDATE runs SET state = $2, outcome = nullif($3, ''), error = nullif($4, ''), finished_at = now(),
+const queryFinishRun = `UPDATE runs SET state = $3, outcome = nullif($4, ''), error = nullif($5, ''), finished_at = now(),
 	lease_owner = NULL, lease_expires_at = NULL
-WHERE id = $1 AND state IN ('queued', 'running', 'pending_approval')`
+WHERE id = $1 AND lease_owner = $2 AND state = 'running'`
 
-// FinishRun moves a run to its final state; false if it had already ended.
-func (q *Queries) FinishRun(ctx context.Context, runID, state, outcome, errMsg string) (bool, error) {
-	tag, err := q.db.Exec(ctx, queryFinishRun, runID, state, outcome, errMsg)
+// FinishRun moves owner's run to its final state; false if owner no longer
+// holds it.
+func (q *Queries) FinishRun(ctx context.Context, runID, owner, state, outcome, errMsg string) (bool, error) {
+	tag, err := q.db.Exec(ctx, queryFinishRun, runID, owner, state, outcome, errMsg)
 	if err != nil {
 		return false, fmt.Errorf("finish run: %w", err)
 	}
@@ -221,7 +275,7 @@ UPDATE runs SET
 	state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END,
 	finished_at = CASE WHEN state = 'running' THEN finished_at ELSE now() END,
 	cancel_requested_at = coalesce(cancel_requested_at, now())
-WHERE tenant_id = $1 AND id::text = $2 AND state IN ('queued', 'running', 'pending_approval')
+WHERE tenant_id = $1 AND id = $2::uuid AND state IN ('queued', 'running', 'pending_approval')
 RETURNING state`
 
 const queryCancelNodes = `UPDATE run_nodes SET state = 'cancelled' WHERE run_id = $1 AND state IN ('pending', 'acked')`
@@ -231,6 +285,9 @@ const queryCancelNodes = `UPDATE run_nodes SET state = 'cancelled' WHERE run_id 
 // call; ErrNotFound when the run is not the tenant's or cannot be cancelled
 // in its state (the caller tells which apart).
 func (q *Queries) CancelRun(ctx context.Context, tenantID int64, runID string) (string, error) {
+	if !IsUUID(runID) {
+		return "", fmt.Errorf("cancel run: %w", ErrNotFound)
+	}
 	var state string
 	if err := q.db.QueryRow(ctx, queryCancelRun, tenantID, runID).Scan(&state); err != nil {
 		return "", fmt.Errorf("cancel run: %w", notFound(err))

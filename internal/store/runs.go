@@ -52,6 +52,7 @@ type Run struct {
 	// Targets is the frozen target set as JSON (a list of consul.Node).
 	Targets    json.RawMessage
 	Session    string
+	FiringAt   *time.Time
 	Outcome    string
 	Error      string
 	CreatedAt  time.Time
@@ -62,7 +63,7 @@ type Run struct {
 
 const runColumns = `r.id, r.tenant_id, r.submitted_by, p.name, r.state, r.argv, r.script, r.shell,
 	r.node_filter, r.service_filter, r.tag_filter, r.prefix, r.wait_ms, r.wait_repl_ms, r.timeout_ms,
-	r.reason, r.output_cap, r.targets, coalesce(r.session, ''), coalesce(r.outcome, ''), coalesce(r.error, ''),
+	r.reason, r.output_cap, r.targets, coalesce(r.session, ''), r.firing_at, coalesce(r.outcome, ''), coalesce(r.error, ''),
 	r.created_at, r.started_at, r.fired_at, r.finished_at`
 
 func scanRun(row interface{ Scan(...any) error }) (Run, error) {
@@ -70,7 +71,7 @@ func scanRun(row interface{ Scan(...any) error }) (Run, error) {
 	var wait, waitRepl, timeout int64
 	err := row.Scan(&r.ID, &r.TenantID, &r.SubmittedBy, &r.SubmitterName, &r.State, &r.Argv, &r.Script, &r.Shell,
 		&r.NodeFilter, &r.ServiceFilter, &r.TagFilter, &r.Prefix, &wait, &waitRepl, &timeout,
-		&r.Reason, &r.OutputCap, &r.Targets, &r.Session, &r.Outcome, &r.Error,
+		&r.Reason, &r.OutputCap, &r.Targets, &r.Session, &r.FiringAt, &r.Outcome, &r.Error,
 		&r.CreatedAt, &r.StartedAt, &r.FiredAt, &r.FinishedAt)
 	r.Wait, r.WaitRepl, r.Timeout = time.Duration(wait)*time.Millisecond, time.Duration(waitRepl)*time.Millisecond, time.Duration(timeout)*time.Millisecond
 	return r, err
@@ -103,11 +104,14 @@ func (q *Queries) InsertRun(ctx context.Context, r Run, nodes []string) (Run, er
 }
 
 const queryGetRun = `SELECT ` + runColumns + ` FROM runs r JOIN principals p ON p.id = r.submitted_by
-WHERE r.tenant_id = $1 AND r.id::text = $2`
+WHERE r.tenant_id = $1 AND r.id = $2::uuid`
 
 // GetRun returns the tenant's run; ErrNotFound for another tenant's run, a
 // missing one or an ID that is not a UUID alike.
 func (q *Queries) GetRun(ctx context.Context, tenantID int64, id string) (Run, error) {
+	if !IsUUID(id) {
+		return Run{}, fmt.Errorf("run %s: %w", id, ErrNotFound)
+	}
 	r, err := scanRun(q.db.QueryRow(ctx, queryGetRun, tenantID, id))
 	if err != nil {
 		return Run{}, fmt.Errorf("run %s: %w", id, notFound(err))
@@ -115,7 +119,25 @@ func (q *Queries) GetRun(ctx context.Context, tenantID int64, id string) (Run, e
 	return r, nil
 }
 
-const queryGetRunAny = `SELECT ` + runColumns + ` FROM runs r JOIN principals p ON p.id = r.submitted_by WHERE r.id = $1`
+const queryGetRunAny = `SELECT ` + runColumns + ` FROM runs r JOIN principals p ON p.id = r.submitted_by WHERE r.id = $1::uuid`
+
+// IsUUID reports whether s is a UUID in its canonical text form (any case).
+func IsUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i, c := range s {
+		switch {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return false
+			}
+		case !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'):
+			return false
+		}
+	}
+	return true
+}
 
 // GetRunByID returns a run of any tenant (for workers).
 func (q *Queries) GetRunByID(ctx context.Context, id string) (Run, error) {
@@ -169,21 +191,32 @@ type NodeResult struct {
 	SHA256      string
 }
 
-const queryRunNodes = `SELECT node, state, exit_code, acked_at, exited_at, bytes, stored_bytes, truncated, coalesce(sha256, '')
-FROM run_nodes WHERE run_id = $1 ORDER BY node`
+const queryRunNodes = `SELECT run_id::text, node, state, exit_code, acked_at, exited_at, bytes, stored_bytes, truncated, coalesce(sha256, '')
+FROM run_nodes WHERE run_id = ANY($1::uuid[]) ORDER BY run_id, node`
 
 // RunNodes returns the run's per-node results, sorted by node.
 func (q *Queries) RunNodes(ctx context.Context, runID string) ([]NodeResult, error) {
-	rows, err := q.db.Query(ctx, queryRunNodes, runID)
+	m, err := q.RunsNodes(ctx, []string{runID})
+	return m[runID], err
+}
+
+// RunsNodes returns the per-node results of several runs, by run ID.
+func (q *Queries) RunsNodes(ctx context.Context, runIDs []string) (map[string][]NodeResult, error) {
+	rows, err := q.db.Query(ctx, queryRunNodes, runIDs)
 	if err != nil {
 		return nil, fmt.Errorf("run nodes: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (NodeResult, error) {
+	defer rows.Close()
+	out := map[string][]NodeResult{}
+	for rows.Next() {
+		var id string
 		var n NodeResult
-		err := row.Scan(&n.Node, &n.State, &n.ExitCode, &n.AckedAt, &n.ExitedAt, &n.Bytes, &n.StoredBytes, &n.Truncated, &n.SHA256)
-		return n, err
-	})
-	if err != nil {
+		if err := rows.Scan(&id, &n.Node, &n.State, &n.ExitCode, &n.AckedAt, &n.ExitedAt, &n.Bytes, &n.StoredBytes, &n.Truncated, &n.SHA256); err != nil {
+			return nil, fmt.Errorf("run nodes: %w", err)
+		}
+		out[id] = append(out[id], n)
+	}
+	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("run nodes: %w", err)
 	}
 	return out, nil

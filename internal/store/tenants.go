@@ -108,6 +108,18 @@ func (p Principal) Has(roles ...string) bool {
 	return false
 }
 
+const queryPrincipalByName = `SELECT id, tenant_id, name, roles FROM principals WHERE tenant_id = $1 AND name = $2`
+
+// PrincipalByName returns the tenant's principal called name.
+func (q *Queries) PrincipalByName(ctx context.Context, tenantID int64, name string) (Principal, error) {
+	var p Principal
+	err := q.db.QueryRow(ctx, queryPrincipalByName, tenantID, name).Scan(&p.ID, &p.TenantID, &p.Name, &p.Roles)
+	if err != nil {
+		return Principal{}, fmt.Errorf("principal %q: %w", name, notFound(err))
+	}
+	return p, nil
+}
+
 const queryUpsertPrincipal = `
 INSERT INTO principals (tenant_id, name, roles) VALUES ($1, $2, $3)
 ON CONFLICT (tenant_id, name) DO UPDATE SET roles = EXCLUDED.roles
@@ -148,11 +160,12 @@ func (q *Queries) CreateToken(ctx context.Context, principalID int64) (id int64,
 	return id, token, nil
 }
 
-const queryRevokeToken = `UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL`
+const queryRevokeToken = `UPDATE api_tokens k SET revoked_at = now() FROM principals p
+WHERE k.id = $1 AND k.revoked_at IS NULL AND p.id = k.principal_id AND p.tenant_id = $2`
 
-// RevokeToken revokes the token with id.
-func (q *Queries) RevokeToken(ctx context.Context, id int64) error {
-	tag, err := q.db.Exec(ctx, queryRevokeToken, id)
+// RevokeToken revokes the tenant's token with id.
+func (q *Queries) RevokeToken(ctx context.Context, tenantID, id int64) error {
+	tag, err := q.db.Exec(ctx, queryRevokeToken, id, tenantID)
 	if err != nil {
 		return fmt.Errorf("revoke token: %w", err)
 	}
