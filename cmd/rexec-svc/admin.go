@@ -24,14 +24,11 @@ func cmdMigrate(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := requireDB(*dbURL); err != nil {
-		return err
-	}
 	log, err := newLogger(stderr, *level)
 	if err != nil {
 		return err
 	}
-	st, err := store.Open(ctx, *dbURL)
+	st, err := openStore(ctx, *dbURL)
 	if err != nil {
 		return err
 	}
@@ -75,9 +72,6 @@ func cmdTenantCreate(ctx context.Context, args []string, stdout, stderr io.Write
 	case *outputCap <= 0:
 		return errors.New("-output-cap must be positive")
 	}
-	if err := requireDB(*dbURL); err != nil {
-		return err
-	}
 	if *tokenFile != "" {
 		b, err := os.ReadFile(*tokenFile)
 		if err != nil {
@@ -96,7 +90,7 @@ func cmdTenantCreate(ctx context.Context, args []string, stdout, stderr io.Write
 	if err := (consul.Spec{Argv: []string{"true"}, Prefix: t.Prefix}).WithDefaults().Validate(0); err != nil {
 		return fmt.Errorf("-prefix: %w", err)
 	}
-	st, err := store.Open(ctx, *dbURL)
+	st, err := openStore(ctx, *dbURL)
 	if err != nil {
 		return err
 	}
@@ -138,10 +132,7 @@ func cmdTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
-	if err := requireDB(*dbURL); err != nil {
-		return err
-	}
-	st, err := store.Open(ctx, *dbURL)
+	st, err := openStore(ctx, *dbURL)
 	if err != nil {
 		return err
 	}
@@ -168,10 +159,7 @@ func cmdTokenRevoke(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return fmt.Errorf("token ID %q is not a number", fs.Arg(0))
 	}
-	if err := requireDB(*dbURL); err != nil {
-		return err
-	}
-	st, err := store.Open(ctx, *dbURL)
+	st, err := openStore(ctx, *dbURL)
 	if err != nil {
 		return err
 	}

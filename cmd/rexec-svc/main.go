@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/rexec/rexec/internal/store"
 )
 
 const usage = `Usage: rexec-svc <command> [flags]
@@ -134,9 +136,10 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
 }
 
-func requireDB(url string) error {
+// openStore connects to the database that -database-url names.
+func openStore(ctx context.Context, url string) (*store.Store, error) {
 	if url == "" {
-		return errors.New("no database: set -database-url or REXEC_DATABASE_URL")
+		return nil, errors.New("no database: set -database-url or REXEC_DATABASE_URL")
 	}
-	return nil
+	return store.Open(ctx, url)
 }

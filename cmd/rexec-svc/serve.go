@@ -43,14 +43,11 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, withAPI bool
 	if *workers < 0 {
 		return errors.New("-workers must not be negative")
 	}
-	if err := requireDB(*dbURL); err != nil {
-		return err
-	}
 	log, err := newLogger(stderr, *level)
 	if err != nil {
 		return err
 	}
-	st, err := store.Open(ctx, *dbURL)
+	st, err := openStore(ctx, *dbURL)
 	if err != nil {
 		return err
 	}
