@@ -40,11 +40,21 @@ func (e *env) show(id string) runJSON {
 	return r
 }
 
-// TestWorkerKilled kills the worker with SIGKILL after the event was fired
-// and the nodes started; a new worker re-attaches, the run completes with
+// TestWorkerKilled stops the worker after the event was fired and the
+// nodes started — killed with SIGKILL, or shut down with SIGTERM (it
+// detaches and lets go) —; a new worker re-attaches, the run completes with
 // all its output, and no node ran the command twice.
 func TestWorkerKilled(t *testing.T) {
 	t.Parallel()
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			t.Parallel()
+			testWorkerStopped(t, sig)
+		})
+	}
+}
+
+func testWorkerStopped(t *testing.T, sig syscall.Signal) {
 	e := newEnv(t, envOpts{workers: -1}) // the API process runs no workers
 	dir := t.TempDir()
 	gate := filepath.Join(dir, "gate")
@@ -75,7 +85,7 @@ func TestWorkerKilled(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	workerA.Stop(syscall.SIGKILL, 0)
+	workerA.Stop(sig, 15*time.Second)
 
 	e.startProc("worker", "-workers", "2", "-worker-id", "B", "-lease-ttl", "2s")
 	if err := os.WriteFile(gate, nil, 0o644); err != nil {
