@@ -24,13 +24,13 @@ func BenchmarkCLIVsConsulExec(b *testing.B) {
 		r := e.cli(nil, "exec", "-node", execNodes, "true")
 		rexec += time.Since(start)
 		if r.code != 0 {
-			b.Fatalf("rexec-cli exec: %d %s", r.code, r.stderr)
+			b.Fatalf("rexec-cli exec: %d %s%s", r.code, r.stdout, r.stderr)
 		}
 		start = time.Now()
 		c := e.consulExec(nil, "-node", execNodes, "true")
 		ce += time.Since(start)
 		if c.code != 0 {
-			b.Fatalf("consul exec: %d %s", c.code, c.stderr)
+			b.Fatalf("consul exec: %d %s%s", c.code, c.stdout, c.stderr)
 		}
 	}
 	n := float64(b.N)

@@ -40,10 +40,14 @@ var agents = []localconsul.AgentConfig{
 const execNodes = "^(consul-server|web-1|web-2|db-1|app-1)$"
 
 func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
 	dir, err := os.MkdirTemp("", "rexec-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		return 1
 	}
 	defer os.RemoveAll(dir)
 	root, err := localconsul.RepoRoot()
@@ -61,10 +65,10 @@ func TestMain(m *testing.M) {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
-		os.Exit(1)
+		return 1
 	}
 	bins.svc, bins.cli = filepath.Join(dir, "rexec-svc"), filepath.Join(dir, "rexec-cli")
-	testenv.Main(m, testenv.Options{Postgres: true, Consul: &localconsul.Config{Clients: agents}})
+	return testenv.Run(m, testenv.Options{Postgres: true, Consul: &localconsul.Config{Clients: agents}})
 }
 
 // env is one test's rexec: its own database, tenant, token and server.

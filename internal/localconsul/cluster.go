@@ -304,6 +304,13 @@ func (a *Agent) configHCL() string {
 	b.WriteString("ports { dns = -1\n grpc = -1 }\n")
 	b.WriteString("disable_update_check = true\nlog_level = \"info\"\nleave_on_terminate = false\n")
 	b.WriteString("performance { raft_multiplier = 1 }\n")
+	// User events travel by gossip, best effort: with serf's defaults a
+	// small cluster misses about one node-delivery in a few hundred (each
+	// node retransmits an event only a few times, to three random peers).
+	// Gossiping to more peers, more often, makes a loss rare enough that
+	// tests and dev mode see rexec's behaviour, not gossip's luck; rexec
+	// reports a lost delivery as no_ack either way.
+	b.WriteString("gossip_lan { gossip_nodes = 6\n retransmit_mult = 8 }\n")
 	fmt.Fprintf(&b, "disable_remote_exec = %t\n", a.cfg.DisableRemoteExec)
 	if a.server {
 		b.WriteString("server = true\nbootstrap_expect = 1\n")

@@ -56,10 +56,12 @@ var (
 
 // Main starts what opts asks for, runs the tests, stops everything and exits.
 func Main(m *testing.M, opts Options) {
-	os.Exit(run(m, opts))
+	os.Exit(Run(m, opts))
 }
 
-func run(m *testing.M, opts Options) int {
+// Run is Main for a TestMain that has its own clean-up to do before it
+// exits: it returns the exit code instead of exiting.
+func Run(m *testing.M, opts Options) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	var stops []func()
