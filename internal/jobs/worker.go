@@ -364,8 +364,8 @@ func (e *execution) finish(ctx context.Context, res *consul.Result, state, outco
 			switch {
 			case ns == string(consul.NodeExited):
 				continue // stored by the handler
-			case ns == "" && state == store.StateCancelled:
-				ns = "cancelled"
+			case ns == "" && (state == store.StateCancelled || outcome == string(consul.OutcomeCancelled)):
+				ns = "cancelled" // cancelled, or its deadline passed, before it could run
 			case ns == "" && n.State == "acked", ns == "" && outcome == string(consul.OutcomeSessionLost):
 				ns = "lost"
 			case ns == "":
