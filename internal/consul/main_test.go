@@ -92,6 +92,21 @@ func (b *bundle) spec(argv ...string) consul.Spec {
 	return consul.Spec{Argv: argv, Prefix: b.prefix}
 }
 
+// resolveAndRun resolves spec's targets and runs it with a collector.
+func (b *bundle) resolveAndRun(t *testing.T, ctx context.Context, spec consul.Spec) (*consul.Result, *collector) {
+	t.Helper()
+	targets, err := b.client.Resolve(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	col := &collector{}
+	res, err := b.client.Run(ctx, spec, targets, col.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res, col
+}
+
 // collector is a Handler that keeps every event and each node's output.
 type collector struct {
 	mu     sync.Mutex

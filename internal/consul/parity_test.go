@@ -140,15 +140,7 @@ func TestParityWithConsulExec(t *testing.T) {
 
 			spec := tc.spec
 			spec.Prefix, spec.Wait = b.prefix, 5*time.Second
-			targets, err := b.client.Resolve(ctx, spec)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var col collector
-			res, err := b.client.Run(ctx, spec, targets, col.handle)
-			if err != nil {
-				t.Fatal(err)
-			}
+			res, col := b.resolveAndRun(t, ctx, spec)
 
 			got := resultsByNode(res)
 			var exited []string

@@ -82,16 +82,8 @@ func TestRunEarlyCompletion(t *testing.T) {
 	spec := b.spec("echo", "hello;", "exit", "3")
 	spec.NodeFilter = "^web-"
 	spec.Wait = 10 * time.Second // the quiet period must not be what ends the run
-	targets, err := b.client.Resolve(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var col collector
 	start := time.Now()
-	res, err := b.client.Run(ctx, spec, targets, col.handle)
-	if err != nil {
-		t.Fatal(err)
-	}
+	res, col := b.resolveAndRun(t, ctx, spec)
 	if res.Outcome != consul.OutcomeCompleted {
 		t.Errorf("outcome = %s, want completed", res.Outcome)
 	}
@@ -120,15 +112,7 @@ func TestRunNoAck(t *testing.T) {
 	spec := b.spec("true")
 	spec.NodeFilter = "^(noexec-1|web-1)$"
 	spec.Wait = 500 * time.Millisecond
-	targets, err := b.client.Resolve(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var col collector
-	res, err := b.client.Run(ctx, spec, targets, col.handle)
-	if err != nil {
-		t.Fatal(err)
-	}
+	res, _ := b.resolveAndRun(t, ctx, spec)
 	got := resultsByNode(res)
 	if n := got["noexec-1"]; n.State != consul.NodeNoAck {
 		t.Errorf("noexec-1: %s, want no_ack", n.State)
@@ -198,15 +182,7 @@ func TestRunLargeOutput(t *testing.T) {
 	// the command itself records the hash of what it wrote.
 	spec := b.spec(fmt.Sprintf("f=$(mktemp); head -c %d /dev/urandom > $f; sha256sum $f | cut -c1-64 > %s; cat $f; rm -f $f", size, hashFile))
 	spec.NodeFilter = "^web-2$"
-	targets, err := b.client.Resolve(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var col collector
-	res, err := b.client.Run(ctx, spec, targets, col.handle)
-	if err != nil {
-		t.Fatal(err)
-	}
+	res, col := b.resolveAndRun(t, ctx, spec)
 	if n := res.Nodes[0]; n.State != consul.NodeExited || n.ExitCode != 0 {
 		t.Fatalf("web-2: %s %d", n.State, n.ExitCode)
 	}
