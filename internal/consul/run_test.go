@@ -82,13 +82,11 @@ func TestRunEarlyCompletion(t *testing.T) {
 	spec := b.spec("echo", "hello;", "exit", "3")
 	spec.NodeFilter = "^web-"
 	spec.Wait = 10 * time.Second // the quiet period must not be what ends the run
-	start := time.Now()
 	res, col := b.resolveAndRun(t, ctx, spec)
+	// Completed, not quiet: the run ended when every node had exited, not
+	// after the (long) quiet period.
 	if res.Outcome != consul.OutcomeCompleted {
 		t.Errorf("outcome = %s, want completed", res.Outcome)
-	}
-	if elapsed := time.Since(start); elapsed >= spec.Wait {
-		t.Errorf("run took %s: it waited out the quiet period", elapsed)
 	}
 	for _, n := range res.Nodes {
 		if n.State != consul.NodeExited || n.ExitCode != 3 {
