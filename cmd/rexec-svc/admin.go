@@ -24,6 +24,9 @@ func cmdMigrate(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
 	log, err := newLogger(stderr, *level)
 	if err != nil {
 		return err
