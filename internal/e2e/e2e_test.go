@@ -205,6 +205,12 @@ func (e *env) cliAs(token string, stdin []byte, args ...string) cliResult {
 	e.t.Helper()
 	cmd := exec.Command(bins.cli, args...)
 	cmd.Env = append(os.Environ(), "REXEC_ADDR="+e.addr, "REXEC_TOKEN="+token)
+	return e.runCmd(cmd, stdin)
+}
+
+// runCmd runs cmd with stdin and returns what it printed and its exit code.
+func (e *env) runCmd(cmd *exec.Cmd, stdin []byte) cliResult {
+	e.t.Helper()
 	cmd.Stdin = bytes.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -215,7 +221,7 @@ func (e *env) cliAs(token string, stdin []byte, args ...string) cliResult {
 	case errors.As(err, &ee):
 		res.code = ee.ExitCode()
 	case err != nil:
-		e.t.Fatalf("rexec-cli: %v", err)
+		e.t.Fatalf("%s: %v", cmd.Path, err)
 	}
 	return res
 }
@@ -224,18 +230,7 @@ func (e *env) cliAs(token string, stdin []byte, args ...string) cliResult {
 func (e *env) consulExec(stdin []byte, args ...string) cliResult {
 	e.t.Helper()
 	cmd := exec.Command(bins.consul, append([]string{"exec", "-http-addr=" + e.cluster.Agent("web-1").HTTPAddr(), "-prefix", e.prefix}, args...)...)
-	cmd.Stdin = bytes.NewReader(stdin)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	res := cliResult{stdout: stdout.String(), stderr: stderr.String()}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		res.code = ee.ExitCode()
-	} else if err != nil {
-		e.t.Fatal(err)
-	}
-	return res
+	return e.runCmd(cmd, stdin)
 }
 
 // report is exec-format output parsed per node.
