@@ -33,6 +33,7 @@ func cmdExec(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	asJSON := fs.Bool("json", false, "print the finished run as JSON instead of the output")
 	dryRun := fs.Bool("dry-run", false, "show the target nodes without running anything")
 	timeout := fs.Duration("timeout", 0, "run deadline; unfinished nodes are cancelled after it (0: none)")
+	startTimeout := fs.Duration("start-timeout", 0, "fail the run, never fire it, if it has not started this long after submission (0: the tenant's bound, 15m by default)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: rexec-cli exec [options] [-|command...]")
 		fs.PrintDefaults()
@@ -46,6 +47,9 @@ func cmdExec(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	}
 	if *timeout > 0 {
 		req.Timeout = timeout.String()
+	}
+	if *startTimeout > 0 {
+		req.StartTimeout = startTimeout.String()
 	}
 	words := fs.Args()
 	switch {

@@ -122,9 +122,12 @@ func cmdJobs(ctx context.Context, sub string, args []string, stdout, stderr io.W
 		if err != nil {
 			return err
 		}
-		if run.State == "running" {
+		switch {
+		case run.State == "running" && run.FiringAt == nil:
+			fmt.Fprintf(stdout, "run %s: cancel recorded before the run fired; the command will not run\n", run.ID)
+		case run.State == "running":
 			fmt.Fprintf(stdout, "run %s: cancel requested; its worker stops collecting shortly (stock Consul agents keep running the process)\n", run.ID)
-		} else {
+		default:
 			fmt.Fprintf(stdout, "run %s %s\n", run.ID, run.State)
 		}
 		return nil

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -48,6 +49,7 @@ func cmdTenantCreate(ctx context.Context, args []string, stdout, stderr io.Write
 	dc := fs.String("datacenter", "REXEC_CONSUL_DATACENTER", "", "Consul datacenter (default: the agent's)")
 	prefix := fs.String("prefix", "REXEC_CONSUL_PREFIX", consul.PrefixDefault, "KV prefix; runs may use it or a prefix under it")
 	outputCap := fs.Int("output-cap", "REXEC_OUTPUT_CAP", 1<<20, "bytes of output archived per node")
+	startTimeout := fs.Duration("start-timeout", "REXEC_START_TIMEOUT", store.StartTimeoutDefault, "a run not started this long after submission fails instead of firing late; runs may set their own")
 	caFile := fs.String("consul-ca-file", "REXEC_CONSUL_CACERT", "", "CA bundle for HTTPS to Consul")
 	certFile := fs.String("consul-cert-file", "REXEC_CONSUL_CLIENT_CERT", "", "client certificate for HTTPS to Consul")
 	keyFile := fs.String("consul-key-file", "REXEC_CONSUL_CLIENT_KEY", "", "client key for HTTPS to Consul")
@@ -74,6 +76,8 @@ func cmdTenantCreate(ctx context.Context, args []string, stdout, stderr io.Write
 		return errors.New("give -consul-token or -consul-token-file, not both")
 	case *outputCap <= 0:
 		return errors.New("-output-cap must be positive")
+	case *startTimeout < time.Second || *startTimeout > 7*24*time.Hour:
+		return errors.New("-start-timeout must be between 1s and 168h")
 	}
 	if *tokenFile != "" {
 		b, err := os.ReadFile(*tokenFile)
@@ -84,7 +88,8 @@ func cmdTenantCreate(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	t := store.Tenant{
 		Name: name, ConsulAddr: *addr, Datacenter: *dc, ConsulToken: *token, Prefix: *prefix, OutputCap: int64(*outputCap),
-		TLS: store.TLS{CAFile: *caFile, CertFile: *certFile, KeyFile: *keyFile, ServerName: *serverName},
+		StartTimeout: *startTimeout,
+		TLS:          store.TLS{CAFile: *caFile, CertFile: *certFile, KeyFile: *keyFile, ServerName: *serverName},
 	}
 	// The engine validates what it can of the connection before anything is stored.
 	if _, err := consul.New(jobs.ConsulConfig(t)); err != nil {

@@ -31,6 +31,8 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, withAPI bool
 	workers := fs.Int("workers", "REXEC_WORKERS", jobs.WorkersDefault, "runs carried out at once by this process (0: API only)")
 	workerID := fs.String("worker-id", "REXEC_WORKER_ID", "", "name of this worker in leases and audit events (default: hostname-pid)")
 	leaseTTL := fs.Duration("lease-ttl", "REXEC_LEASE_TTL", jobs.LeaseTTLDefault, "how long a worker's claim on a run holds without renewal; a dead worker's runs are recovered after it")
+	sessionTTL := fs.Duration("session-ttl", "REXEC_SESSION_TTL", 0, "TTL of runs' Consul sessions: how long the agents' unread output outlives a dead worker (default: 60s, or six lease TTLs if more)")
+	requeueAfter := fs.Duration("requeue-after", "REXEC_REQUEUE_AFTER", jobs.RequeueAfterDefault, "a run queued this long is checked for a live job and re-queued without one")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -55,7 +57,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, withAPI bool
 	if err := store.CheckMigrated(ctx, st.Pool()); err != nil {
 		return err
 	}
-	opts := serveOptions{workers: *workers, workerID: *workerID, leaseTTL: *leaseTTL}
+	opts := serveOptions{workers: *workers, workerID: *workerID, leaseTTL: *leaseTTL, sessionTTL: *sessionTTL, requeueAfter: *requeueAfter}
 	if withAPI {
 		l, err := net.Listen("tcp", *listen)
 		if err != nil {
@@ -71,14 +73,27 @@ type serveOptions struct {
 	workers  int
 	workerID string
 	leaseTTL time.Duration
-	ready    func(addr string)
+	// sessionTTL and requeueAfter: zero for the defaults.
+	sessionTTL, requeueAfter time.Duration
+	ready                    func(addr string)
 }
 
 // serve runs the API and workers until ctx ends, then shuts down: the API
 // stops taking requests, and running runs are left, with their lease
 // released, for another worker to re-attach.
 func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOptions) error {
-	rc, err := jobs.NewClient(jobs.Config{Store: st, Workers: o.workers, WorkerID: o.workerID, LeaseTTL: o.leaseTTL, Logger: log})
+	var wg sync.WaitGroup
+	nctx, cancelNotifiers := context.WithCancel(context.WithoutCancel(ctx))
+	defer func() { cancelNotifiers(); wg.Wait() }()
+	var cancels *store.Notifier
+	if o.workers > 0 {
+		// Workers hear of cancels at once, not at their next lease renewal.
+		cancels = store.NewNotifier(st, store.CancelChannel, log)
+		wg.Add(1)
+		go func() { defer wg.Done(); cancels.Run(nctx) }()
+	}
+	rc, err := jobs.NewClient(jobs.Config{Store: st, Workers: o.workers, WorkerID: o.workerID, LeaseTTL: o.leaseTTL,
+		SessionTTL: o.sessionTTL, RequeueAfter: o.requeueAfter, Cancels: cancels, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -88,7 +103,6 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 		}
 		log.InfoContext(ctx, "workers started", slog.Int("workers", o.workers))
 	}
-	var wg sync.WaitGroup
 	var srv *http.Server
 	var serveErr error
 	if o.listener != nil {
@@ -96,11 +110,11 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 		if err != nil {
 			return err
 		}
-		nctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		defer cancel()
-		notifier := store.NewNotifier(st, log)
+		rctx, cancelRuns := context.WithCancel(nctx)
+		defer cancelRuns()
+		notifier := store.NewNotifier(st, store.RunChannel, log)
 		wg.Add(1)
-		go func() { defer wg.Done(); notifier.Run(nctx) }()
+		go func() { defer wg.Done(); notifier.Run(rctx) }()
 		// Requests' contexts end when shutdown begins, so that long-polling
 		// stream requests answer at once instead of holding shutdown up.
 		baseCtx, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
@@ -118,7 +132,7 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 			if err := srv.Serve(o.listener); !errors.Is(err, http.ErrServerClosed) {
 				serveErr = err
 			}
-			cancel()
+			cancelRuns()
 		}()
 		log.InfoContext(ctx, "listening", slog.String("addr", o.listener.Addr().String()))
 		if o.ready != nil {
@@ -143,6 +157,7 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 		}
 		cancel()
 	}
+	cancelNotifiers()
 	wg.Wait()
 	return serveErr
 }

@@ -225,8 +225,10 @@ type SubmitRequest struct {
 	Wait     string   `json:"wait,omitempty"`
 	WaitRepl string   `json:"wait_repl,omitempty"`
 	Timeout  string   `json:"timeout,omitempty"`
-	Reason   string   `json:"reason,omitempty"`
-	DryRun   bool     `json:"dry_run,omitempty"`
+	// StartTimeout bounds the wait to start; default the tenant's bound.
+	StartTimeout string `json:"start_timeout,omitempty"`
+	Reason       string `json:"reason,omitempty"`
+	DryRun       bool   `json:"dry_run,omitempty"`
 }
 
 func parseDuration(name, s string) (time.Duration, error) {
@@ -261,6 +263,9 @@ func (s *server) submit(w http.ResponseWriter, r *http.Request, c service.Caller
 		return err
 	}
 	if sub.Timeout, err = parseDuration("timeout", req.Timeout); err != nil {
+		return err
+	}
+	if sub.StartTimeout, err = parseDuration("start_timeout", req.StartTimeout); err != nil {
 		return err
 	}
 	res, err := s.cfg.Service.Submit(r.Context(), c, sub)
@@ -416,29 +421,35 @@ func (s *server) cancel(w http.ResponseWriter, r *http.Request, c service.Caller
 
 // Run is a run as the API shows it.
 type Run struct {
-	ID          string        `json:"id"`
-	State       string        `json:"state"`
-	SubmittedBy string        `json:"submitted_by"`
-	CreatedAt   time.Time     `json:"created_at"`
-	StartedAt   *time.Time    `json:"started_at,omitempty"`
-	FiredAt     *time.Time    `json:"fired_at,omitempty"`
-	FinishedAt  *time.Time    `json:"finished_at,omitempty"`
-	Argv        []string      `json:"argv,omitempty"`
-	ScriptBytes int           `json:"script_bytes,omitempty"`
-	Shell       bool          `json:"shell"`
-	Node        string        `json:"node,omitempty"`
-	Service     string        `json:"service,omitempty"`
-	Tag         string        `json:"tag,omitempty"`
-	Prefix      string        `json:"prefix"`
-	Wait        string        `json:"wait"`
-	WaitRepl    string        `json:"wait_repl"`
-	Timeout     string        `json:"timeout,omitempty"`
-	Reason      string        `json:"reason,omitempty"`
-	Outcome     string        `json:"outcome,omitempty"`
-	Error       string        `json:"error,omitempty"`
-	TargetCount int           `json:"target_count"`
-	Targets     []consul.Node `json:"targets,omitempty"`
-	Nodes       []Node        `json:"nodes,omitempty"`
+	ID          string     `json:"id"`
+	State       string     `json:"state"`
+	SubmittedBy string     `json:"submitted_by"`
+	CreatedAt   time.Time  `json:"created_at"`
+	StartedAt   *time.Time `json:"started_at,omitempty"`
+	StartBy     time.Time  `json:"start_by"`
+	FiringAt    *time.Time `json:"firing_at,omitempty"`
+	FiredAt     *time.Time `json:"fired_at,omitempty"`
+	// CancelRequested is true once a cancel is recorded; with no FiringAt
+	// the command never runs.
+	CancelRequested bool          `json:"cancel_requested,omitempty"`
+	Recoveries      int           `json:"recoveries,omitempty"`
+	FinishedAt      *time.Time    `json:"finished_at,omitempty"`
+	Argv            []string      `json:"argv,omitempty"`
+	ScriptBytes     int           `json:"script_bytes,omitempty"`
+	Shell           bool          `json:"shell"`
+	Node            string        `json:"node,omitempty"`
+	Service         string        `json:"service,omitempty"`
+	Tag             string        `json:"tag,omitempty"`
+	Prefix          string        `json:"prefix"`
+	Wait            string        `json:"wait"`
+	WaitRepl        string        `json:"wait_repl"`
+	Timeout         string        `json:"timeout,omitempty"`
+	Reason          string        `json:"reason,omitempty"`
+	Outcome         string        `json:"outcome,omitempty"`
+	Error           string        `json:"error,omitempty"`
+	TargetCount     int           `json:"target_count"`
+	Targets         []consul.Node `json:"targets,omitempty"`
+	Nodes           []Node        `json:"nodes,omitempty"`
 }
 
 // Node is one expected node's result.
@@ -498,6 +509,7 @@ func runJSON(r store.Run) Run {
 		Node: r.NodeFilter, Service: r.ServiceFilter, Tag: r.TagFilter, Prefix: r.Prefix,
 		Wait: r.Wait.String(), WaitRepl: r.WaitRepl.String(), Reason: r.Reason,
 		Outcome: r.Outcome, Error: r.Error,
+		StartBy: r.StartBy, FiringAt: r.FiringAt, CancelRequested: r.CancelRequested, Recoveries: r.Recoveries,
 	}
 	if r.Timeout > 0 {
 		out.Timeout = r.Timeout.String()

@@ -20,6 +20,7 @@ const (
 	RunQueued      = "run.queued"
 	RunStarted     = "run.started"
 	RunResumed     = "run.resumed"
+	RunRequeued    = "run.requeued" // handed to a new job, before it fired
 	EventFired     = "run.event_fired"
 	NodeAcked      = "node.acked"
 	NodeExited     = "node.exited"

@@ -53,8 +53,10 @@ type Event struct {
 // Handler receives the events of one watch round, in per-node order: a
 // node's ack first, then its chunks by sequence, then its exit. A nil return
 // confirms that every event of the batch is stored; the engine then deletes
-// those chunks from KV. An error abandons the run without tearing it down,
-// so that a retry can re-attach (see Client.Attach).
+// those chunks from KV. An error that wraps ErrDetach abandons the run
+// without tearing it down, so that another process can re-attach (see
+// Client.Attach); any other error is retried with backoff until the handler
+// takes the batch, and nothing more is read from KV meanwhile.
 //
 // ctx lives for the call only, and is not cancelled when the run is: what
 // the agents reported is stored even then.

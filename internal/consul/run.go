@@ -52,8 +52,9 @@ type Run struct {
 	lost      chan struct{} // closed when renewal finds the session gone
 	lostOnce  sync.Once
 
-	mu   sync.Mutex
-	done bool
+	mu      sync.Mutex
+	done    bool // closed or detached
+	watched bool
 }
 
 // Run resolves nothing: it prepares and executes spec on exactly targets.
@@ -171,10 +172,14 @@ func (c *Client) newRun(spec Spec, names []string, session string) *Run {
 // able to re-attach.
 func (r *Run) Session() string { return r.session }
 
-// createSession creates a session like `consul exec` does: Behavior delete,
-// so that destroying or losing it deletes every key it holds; in a foreign
-// datacenter bound to a server there, since the local agent is not a node of
-// that datacenter.
+// createSession creates a session like `consul exec` does — Behavior
+// delete, so that destroying or losing it deletes every key it holds — but
+// with no health checks: a TTL-only session, renewed by its holder. A
+// session made through an agent otherwise carries that agent's serfHealth
+// check, and a restart of the one agent the tenant talks to would
+// invalidate every session in flight and delete the agents' unread output.
+// In a foreign datacenter it is bound to a server there, since the local
+// agent is not a node of that datacenter.
 func (c *Client) createSession(ctx context.Context) (string, error) {
 	wo := (&api.WriteOptions{}).WithContext(ctx)
 	entry := &api.SessionEntry{Name: sessionName, Behavior: api.SessionBehaviorDelete, TTL: c.cfg.SessionTTL.String()}
@@ -195,18 +200,24 @@ func (c *Client) createSession(ctx context.Context) (string, error) {
 			localNode, _ := self["Config"]["NodeName"].(string)
 			entry.Name = fmt.Sprintf("%s via %s@%s", sessionName, localNode, localDC)
 			entry.Node = svcs[0].Node.Node
-			id, _, err := c.api.Session().CreateNoChecks(entry, wo)
-			if err != nil {
-				return "", fmt.Errorf("create session: %w", err)
-			}
-			return id, nil
 		}
 	}
-	id, _, err := c.api.Session().Create(entry, wo)
+	id, _, err := c.api.Session().CreateNoChecks(entry, wo)
 	if err != nil {
 		return "", fmt.Errorf("create session: %w", err)
 	}
 	return id, nil
+}
+
+// Discard destroys a session and deletes its run's tree under prefix: for
+// a prepared run that was never fired and that no process holds any more
+// (an earlier attempt's, recorded but abandoned).
+func (c *Client) Discard(ctx context.Context, prefix, session string) error {
+	if err := validatePrefix(prefix); err != nil {
+		return err
+	}
+	r := c.newRun(Spec{Prefix: prefix}, nil, session)
+	return r.destroy(ctx)
 }
 
 // startRenewal renews the session every RenewInterval until teardown or
@@ -248,53 +259,72 @@ func (r *Run) stopRenewal() {
 	}
 }
 
-// Close tears down a run that will not be executed: it destroys the session
-// and deletes the run's KV tree. Execute does this itself; Close after it is
-// a no-op.
-func (r *Run) Close(ctx context.Context) {
-	r.teardown(ctx)
-}
-
-// teardown destroys the session first, so that agents' further writes fail,
-// then deletes the tree for anything left. It runs once, on a context that
-// outlives the caller's cancellation.
-func (r *Run) teardown(ctx context.Context) {
+// Close tears the run down: it destroys the session and deletes the run's
+// KV tree. It is the caller's to call after Watch (or instead of Fire), at
+// the moment it is entitled to: a caller that shares runs between
+// processes closes a fired run only while it still holds it, so that a
+// process that stalled past its claim never destroys what another now
+// watches. Renewal goes on until Close or Detach. Close is a no-op after
+// Close or Detach; it reports an error when Consul could not be told, in
+// which case the session expires by its TTL.
+func (r *Run) Close(ctx context.Context) error {
 	r.mu.Lock()
 	if r.done {
 		r.mu.Unlock()
-		return
+		return nil
 	}
 	r.done = true
 	r.mu.Unlock()
 	r.stopRenewal()
+	return r.destroy(ctx)
+}
+
+// teardown is Close for the engine's own failure paths.
+func (r *Run) teardown(ctx context.Context) {
+	_ = r.Close(ctx)
+}
+
+// destroy destroys the session first, so that agents' further writes fail,
+// then deletes the tree for anything left, on a context that outlives the
+// caller's cancellation.
+func (r *Run) destroy(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), TeardownTimeout)
 	defer cancel()
 	wo := (&api.WriteOptions{}).WithContext(ctx)
+	var errs []error
 	if _, err := r.c.api.Session().Destroy(r.session, wo); err != nil {
 		r.c.log.WarnContext(ctx, "destroy remote-exec session", slog.String("session", r.session), slog.Any("error", err))
+		errs = append(errs, fmt.Errorf("destroy session: %w", err))
 	}
 	if _, err := r.c.api.KV().DeleteTree(strings.TrimSuffix(r.dir, "/"), wo); err != nil {
 		r.c.log.WarnContext(ctx, "delete remote-exec prefix", slog.String("prefix", r.dir), slog.Any("error", err))
+		errs = append(errs, fmt.Errorf("delete prefix: %w", err))
 	}
+	return errors.Join(errs...)
 }
 
-// detach stops renewing and leaves everything in place.
-func (r *Run) detach() {
+// Detach stops renewing and leaves everything in place, for another
+// process to re-attach (or for Consul to reap after the session's TTL).
+func (r *Run) Detach() {
 	r.mu.Lock()
 	r.done = true
 	r.mu.Unlock()
 	r.stopRenewal()
 }
 
-// Execute fires the run's event(s) (unless the run was attached) and
-// watches it to its end: Fire(ctx, nil) followed by Watch(ctx, h).
+// Execute fires the run's event(s) (unless the run was attached), watches
+// it to its end and closes it: Fire(ctx, nil), Watch(ctx, h), Close.
 func (r *Run) Execute(ctx context.Context, h Handler) (*Result, error) {
 	if !r.fired {
 		if err := r.Fire(ctx, nil); err != nil {
 			return nil, err
 		}
 	}
-	return r.Watch(ctx, h)
+	res, err := r.Watch(ctx, h)
+	if err == nil {
+		r.teardown(ctx)
+	}
+	return res, err
 }
 
 // ErrNotFired wraps every error of Fire: nothing was fired, and the run is
@@ -361,32 +391,37 @@ func (r *Run) Fire(ctx context.Context, before func(context.Context) error) erro
 // attached run), and Events how many did.
 func (r *Run) FiredAt() (time.Time, int) { return r.firedAt, r.events }
 
-// Watch watches a fired or attached run, hands the agents' reports to h as
-// they arrive, and tears the run down at the end, on every path but a
-// detach. It returns once every expected node has exited, or the quiet
-// period passed, or ctx ended.
+// Watch watches a fired or attached run and hands the agents' reports to h
+// as they arrive. It returns once every expected node has exited, or the
+// quiet period passed, or ctx ended; the session is still renewed then,
+// and the caller closes the run (Close) when it has recorded the result.
 //
-// Cancelling ctx cancels the run: the session and its keys are destroyed and
-// unfinished nodes are NodeCancelled. Stock agents keep running the command;
-// they only stop uploading. Cancelling with cause ErrDetach instead leaves
-// the run for another process to re-attach, as does an error of h.
+// Cancelling ctx cancels the run: Watch returns OutcomeCancelled and
+// unfinished nodes are NodeCancelled; stock agents keep running the
+// command, and only stop uploading once the run is closed. Cancelling with
+// cause ErrDetach instead leaves the run for another process to re-attach,
+// as does a handler error that wraps ErrDetach; then Watch detaches and
+// returns an error. Any other handler error is retried with backoff, for
+// as long as it takes, without reading further reports: a handler that
+// cannot store (its database is away) holds the agents' output in Consul,
+// where the renewed session keeps it.
 func (r *Run) Watch(ctx context.Context, h Handler) (*Result, error) {
 	r.mu.Lock()
-	if r.done || !r.fired {
+	if r.done || !r.fired || r.watched {
 		r.mu.Unlock()
 		return nil, errors.New("run not fired, or already watched or closed")
 	}
+	r.watched = true
 	r.mu.Unlock()
 	w := newWatcher(r, h)
 	outcome, err := w.watch(ctx)
 	if err != nil || outcome == "" {
-		r.detach()
+		r.Detach()
 		if err == nil {
 			err = ErrDetached
 		}
 		return nil, err
 	}
-	r.teardown(ctx)
 	return &Result{
 		Session: r.session, Outcome: outcome, Nodes: w.results(outcome),
 		Events: r.events, FiredAt: r.firedAt, FinishedAt: time.Now(),
@@ -510,11 +545,8 @@ func (w *watcher) watch(ctx context.Context) (Outcome, error) {
 		// The handler stores what the agents reported even when the run is
 		// being cancelled: that output was produced and belongs in the
 		// archive.
-		hctx, hcancel := context.WithTimeout(context.WithoutCancel(ctx), HandlerTimeout)
-		err = w.h(hctx, events)
-		hcancel()
-		if err != nil {
-			return "", fmt.Errorf("handle events: %w", err)
+		if err := w.handle(ctx, events); err != nil {
+			return "", err
 		}
 		// The quiet period starts once the handler is done: time it spent
 		// storing (a busy database) must not make stragglers look silent,
@@ -527,6 +559,55 @@ func (w *watcher) watch(ctx context.Context) (Outcome, error) {
 		}
 	}
 }
+
+// handle hands events to the handler until it takes them. Errors other
+// than a detach are retried with backoff, even once ctx is cancelled: what
+// the agents reported belongs in the archive, and is not read again.
+func (w *watcher) handle(ctx context.Context, events []Event) error {
+	backoff := handlerBackoffMin
+	for failures := 0; ; failures++ {
+		hctx, hcancel := context.WithTimeout(context.WithoutCancel(ctx), HandlerTimeout)
+		err := w.h(hctx, events)
+		hcancel()
+		switch {
+		case err == nil:
+			if failures > 0 {
+				w.r.c.log.InfoContext(ctx, "handler recovered", slog.String("session", w.r.session), slog.Int("failures", failures))
+			}
+			return nil
+		case errors.Is(err, ErrDetach):
+			return fmt.Errorf("handle events: %w", err)
+		case detaching(ctx):
+			return fmt.Errorf("handle events: %w", ErrDetached)
+		}
+		if failures == 0 || failures%10 == 0 {
+			w.r.c.log.WarnContext(ctx, "handler failed; retrying, reports stay in Consul", slog.String("session", w.r.session),
+				slog.Int("failures", failures+1), slog.Any("error", err))
+		}
+		// A cancelled (not detached) ctx stays so: only a detach, which
+		// comes first if at all, cuts the wait short.
+		done := ctx.Done()
+		if ctx.Err() != nil {
+			done = nil
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-done:
+			t.Stop()
+			if detaching(ctx) {
+				return fmt.Errorf("handle events: %w", ErrDetached)
+			}
+		}
+		backoff = min(2*backoff, handlerBackoffMax)
+	}
+}
+
+// Handler retry backoff.
+const (
+	handlerBackoffMin = 100 * time.Millisecond
+	handlerBackoffMax = 5 * time.Second
+)
 
 func isClosed(ch chan struct{}) bool {
 	select {

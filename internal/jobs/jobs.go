@@ -2,13 +2,32 @@
 // engine, stores every ack, chunk and exit as it arrives, and classifies
 // every expected node at the end.
 //
-// At most once: a worker claims a run with a lease in the runs table,
-// records the Consul session before anything is fired, and a run that has a
-// session is never fired again — a later worker re-attaches to it. Workers
-// renew their lease every few seconds; a leader-only periodic job hands runs
-// whose lease expired (a worker killed, or one that shut down and let go) to
-// a new job, which re-attaches. The lease, not River alone, is what keeps two
-// workers off the same run.
+// The lifecycle and its guarantees (docs/lifecycle.md says it for users):
+//
+//   - At most once. A worker claims a run with a lease in the runs table,
+//     records the Consul session before anything is fired, and marks the
+//     run firing in the database at the last moment before the event goes
+//     out. A run marked firing is never fired again: a later worker
+//     re-attaches to its session.
+//   - Cancel beats firing. The firing mark and a cancel are serialised on
+//     the run's row: once a cancel (or a denial, or an expiry) is recorded
+//     the mark is refused and the run ends cancelled without firing. A
+//     worker hears of a cancel at once through LISTEN/NOTIFY.
+//   - Nothing is lost. Sessions are TTL-only and renewed by the worker that
+//     holds the run, however long its database is away; while it is, the
+//     worker stops reading the agents' reports and leaves them in Consul,
+//     and archives them when the database is back. A worker regains its
+//     claim after an outage by renewing its lease, which works as long as
+//     nobody took the run over; if recovery did, the worker lets go without
+//     touching Consul and the new holder re-attaches.
+//   - The lease guards Consul too. A fired run's session and prefix are
+//     destroyed only inside a transaction that holds the run's row locked
+//     for the lease holder, so a worker that stalled past its lease never
+//     tears down a run that another worker now holds.
+//   - No run left behind. A leader-only periodic job hands runs whose lease
+//     expired to new jobs (ahead of new runs), re-queues queued runs whose
+//     River job is gone, and fails runs that could not start within their
+//     start bound instead of firing them late.
 package jobs
 
 import (
@@ -32,8 +51,22 @@ const (
 	LeaseTTLDefault        = 10 * time.Second
 	SessionTTLDefault      = 60 * time.Second
 	RecoverIntervalDefault = 2 * time.Second
+	RequeueAfterDefault    = time.Minute
 	WorkersDefault         = 20
 	QueueExec              = "exec"
+)
+
+const (
+	// River runs lower priorities first: recovery before new runs.
+	priorityRecovery = 1
+	priorityNew      = 2
+
+	recoveryActor    = "rexec:recovery"
+	maxFinishBackoff = 5 * time.Second
+	requeueListLimit = 10000
+	// A run taken for recovery is reserved this many lease TTLs, so that
+	// one sweep does not race the next before the new job claims it.
+	recoveryLeaseHoldFactor = 3
 )
 
 // ExecArgs is the River job that carries out one run.
@@ -49,7 +82,7 @@ func (ExecArgs) Kind() string { return "rexec_exec" }
 
 // InsertOpts implements river.JobArgsWithInsertOpts.
 func (ExecArgs) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{Queue: QueueExec, MaxAttempts: 10}
+	return river.InsertOpts{Queue: QueueExec, MaxAttempts: 10, Priority: priorityNew}
 }
 
 // RecoverArgs is the periodic job that hands abandoned runs to new jobs.
@@ -84,6 +117,14 @@ type Config struct {
 	// RecoverInterval is how often the leader looks for abandoned runs.
 	// Default: 2s.
 	RecoverInterval time.Duration
+	// RequeueAfter is how long a run may sit queued before the leader
+	// checks that it still has a River job, and re-queues it if not.
+	// Default: 1m.
+	RequeueAfter time.Duration
+	// Cancels, when set and running, tells each execution at once of a
+	// cancel of its run (store.CancelChannel). Without it a cancel is
+	// noticed at the next lease renewal.
+	Cancels *store.Notifier
 	// ConsulConfig adjusts each tenant's engine configuration (tests count
 	// requests with it). Optional.
 	ConsulConfig func(*consul.Config)
@@ -102,6 +143,7 @@ func (c Config) withDefaults() Config {
 	c.LeaseTTL = cmp.Or(c.LeaseTTL, LeaseTTLDefault)
 	c.SessionTTL = cmp.Or(c.SessionTTL, max(SessionTTLDefault, 6*c.LeaseTTL))
 	c.RecoverInterval = cmp.Or(c.RecoverInterval, RecoverIntervalDefault)
+	c.RequeueAfter = cmp.Or(c.RequeueAfter, RequeueAfterDefault)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -120,6 +162,10 @@ func NewClient(cfg Config) (*river.Client[pgx.Tx], error) {
 		return nil, errors.New("jobs: LeaseTTL must be between 1s and 10m")
 	case cfg.SessionTTL < 3*cfg.LeaseTTL || cfg.SessionTTL > time.Hour:
 		return nil, errors.New("jobs: SessionTTL must be at least three LeaseTTLs (so that a run outlives its lease) and at most 1h")
+	case cfg.SessionTTL < 10*time.Second:
+		return nil, errors.New("jobs: SessionTTL must be at least 10s (Consul's minimum)")
+	case cfg.RequeueAfter < time.Second:
+		return nil, errors.New("jobs: RequeueAfter must be at least 1s")
 	}
 	rc := &river.Config{
 		ID:     cfg.WorkerID,

@@ -15,12 +15,20 @@ import (
 
 	"github.com/rexec/rexec/internal/audit"
 	"github.com/rexec/rexec/internal/consul"
+	"github.com/rexec/rexec/internal/failpoint"
 	"github.com/rexec/rexec/internal/store"
 )
 
 // errCancelRequested is the cause with which a run's engine context is
 // cancelled when a user cancels the run.
 var errCancelRequested = errors.New("cancel requested")
+
+// errDeadline is the cause of a run's deadline passing.
+var errDeadline = errors.New("run deadline passed")
+
+// MaxRecoveries bounds how often a run is picked up again after its worker
+// went away.
+const MaxRecoveries = 20
 
 // ExecWorker carries out runs.
 type ExecWorker struct {
@@ -69,20 +77,30 @@ func (w *ExecWorker) Work(ctx context.Context, job *river.Job[ExecArgs]) error {
 		log.DebugContext(ctx, "run held by another worker or not runnable")
 		return nil
 	}
-	// The claim may have moved a queued run to running: read it again.
+	failpoint.Inject(failpoint.Claimed)
+	// The claim moved the run to running and counted a recovery: read it again.
 	if run, err = st.GetRunByID(ctx, run.ID); err != nil {
 		return err
 	}
 	e := &execution{w: w, run: run, tenant: tenant, owner: owner, actor: actor, log: log,
-		lastAttempt: job.Attempt >= job.MaxAttempts}
-	if job.Args.Recovery > MaxRecoveries {
-		return e.finish(ctx, nil, store.StateFailed, "", fmt.Sprintf("gave up after %d recoveries", MaxRecoveries))
+		lastAttempt: job.Attempt >= job.MaxAttempts, exited: map[string]bool{}}
+	if run.FiringAt == nil {
+		// Never fired: a recorded cancel or a passed start bound ends it
+		// here, before anything is prepared.
+		switch {
+		case run.CancelRequested:
+			e.discardUnfired(ctx)
+			return e.close(ctx, nil, nil, store.StateCancelled, string(consul.OutcomeCancelled), "")
+		case time.Now().After(run.StartBy):
+			e.discardUnfired(ctx)
+			return e.close(ctx, nil, nil, store.StateFailed, store.OutcomeNotStarted, store.NotStartedError(run.StartBy.Sub(run.CreatedAt)))
+		}
+	}
+	if run.Recoveries > MaxRecoveries {
+		return e.close(ctx, nil, nil, store.StateFailed, "", fmt.Sprintf("gave up after %d recoveries", MaxRecoveries))
 	}
 	return e.carryOut(ctx)
 }
-
-// MaxRecoveries bounds how often a run is handed to a new worker.
-const MaxRecoveries = 20
 
 // execution is one worker's claim on one run.
 type execution struct {
@@ -92,11 +110,13 @@ type execution struct {
 	owner       string // the lease owner of this claim
 	actor       string
 	log         *slog.Logger
-	lastAttempt bool // River will not retry this job
+	lastAttempt bool            // River will not retry this job
+	exited      map[string]bool // nodes whose exit this claim stored or saw
+	targets     int             // how many nodes the run expects
 }
 
 func (e *execution) carryOut(jobCtx context.Context) error {
-	cfg, st := e.w.cfg, e.w.cfg.Store
+	st := e.w.cfg.Store
 	// The engine's context: cancelled to cancel the run (user cancel,
 	// deadline), or with cause consul.ErrDetach to leave it for another
 	// worker (this worker stops, or lost its lease).
@@ -115,30 +135,32 @@ func (e *execution) carryOut(jobCtx context.Context) error {
 		ectx, c = context.WithDeadlineCause(ectx, e.run.StartedAt.Add(e.run.Timeout), errDeadline)
 		defer c()
 	}
+	// The lease is renewed until the run is finished or left, through a
+	// cancel's or deadline's teardown too: its own context, not ectx.
+	lctx, stopLease := context.WithCancel(context.WithoutCancel(jobCtx))
 	leaseDone := make(chan struct{})
 	go func() {
 		defer close(leaseDone)
-		e.keepLease(ectx, cancel)
+		e.keepLease(lctx, cancel)
 	}()
-	defer func() { cancel(nil); <-leaseDone }()
+	defer func() { stopLease(); <-leaseDone }()
 
-	client, err := e.w.clients.Get(e.tenant, func(c *consul.Config) {
-		c.SessionTTL = cfg.SessionTTL
-		c.Logger = cfg.Logger
-	})
+	client, err := e.client()
 	if err != nil {
-		return e.finish(jobCtx, nil, store.StateFailed, "", fmt.Sprintf("consul configuration: %v", err))
+		return e.close(jobCtx, nil, nil, store.StateFailed, "", fmt.Sprintf("consul configuration: %v", err))
 	}
 	var targets []consul.Node
 	if err := json.Unmarshal(e.run.Targets, &targets); err != nil {
-		return e.finish(jobCtx, nil, store.StateFailed, "", fmt.Sprintf("decode targets: %v", err))
+		return e.close(jobCtx, nil, nil, store.StateFailed, "", fmt.Sprintf("decode targets: %v", err))
 	}
+	e.targets = len(targets)
 	spec := SpecOf(e.run)
 
 	var r *consul.Run
 	if e.run.FiringAt == nil {
-		// Never fired: prepare afresh (a session of an earlier attempt that
-		// stopped short of firing is abandoned to its TTL).
+		// Never fired: prepare afresh. The session of an earlier attempt
+		// that stopped short of firing is discarded.
+		e.discardUnfired(jobCtx)
 		r, err = client.Prepare(ectx, spec, targets)
 		if err != nil {
 			return e.notStarted(jobCtx, ectx, err)
@@ -147,31 +169,29 @@ func (e *execution) carryOut(jobCtx context.Context) error {
 			return q.RecordSession(jobCtx, e.run.ID, e.owner, r.Session())
 		})
 		if err != nil {
-			r.Close(jobCtx)
+			_ = r.Close(jobCtx)
 			return e.notStarted(jobCtx, ectx, err)
 		}
+		failpoint.Inject(failpoint.SessionRecorded)
 		err = r.Fire(ectx, func(ctx context.Context) error {
-			return st.MarkFiring(ctx, e.run.ID, e.owner, r.Session())
-		})
-		if err != nil {
-			return e.notStarted(jobCtx, ectx, err)
-		}
-		firedAt, events := r.FiredAt()
-		err = st.InTx(jobCtx, func(tx pgx.Tx, q *store.Queries) error {
-			if err := q.MarkFired(jobCtx, e.run.ID, firedAt); err != nil {
+			if err := st.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
+				return q.MarkFiring(ctx, e.run.ID, e.owner, r.Session())
+			}); err != nil {
 				return err
 			}
-			return audit.Record(jobCtx, tx, audit.Event{TenantID: e.run.TenantID, RunID: e.run.ID, Actor: e.actor, Type: audit.EventFired,
-				Data: map[string]any{"events": events, "session": r.Session()}})
+			failpoint.Inject(failpoint.FiringMarked)
+			return nil
 		})
 		if err != nil {
-			e.log.ErrorContext(jobCtx, "record fired event", slog.Any("error", err))
+			return e.notStarted(jobCtx, ectx, err)
 		}
+		failpoint.Inject(failpoint.Fired)
+		e.recordFired(jobCtx, r)
 	} else {
 		// It may have fired: never again. Carry on watching.
 		r, err = client.Attach(ectx, spec, e.run.Session, targets)
 		if errors.Is(err, consul.ErrSessionGone) {
-			return e.finish(jobCtx, nil, store.StateFailed, string(consul.OutcomeSessionLost),
+			return e.close(jobCtx, nil, nil, store.StateFailed, string(consul.OutcomeSessionLost),
 				"the Consul session expired before a worker re-attached; unfinished nodes are lost")
 		}
 		if err != nil {
@@ -190,11 +210,48 @@ func (e *execution) carryOut(jobCtx context.Context) error {
 	case consul.OutcomeSessionLost:
 		state, msg = store.StateFailed, "the Consul session disappeared during the run; unfinished nodes are lost"
 	}
-	return e.finish(jobCtx, res, state, string(res.Outcome), msg)
+	return e.close(jobCtx, r, res, state, string(res.Outcome), msg)
 }
 
-// errDeadline is the cause of a run's deadline passing.
-var errDeadline = errors.New("run deadline passed")
+func (e *execution) client() (*consul.Client, error) {
+	return e.w.clients.Get(e.tenant, func(c *consul.Config) {
+		c.SessionTTL = e.w.cfg.SessionTTL
+		c.Logger = e.w.cfg.Logger
+	})
+}
+
+// discardUnfired destroys the session of an earlier attempt that was
+// recorded but never fired: no worker will ever attach to it, and its job
+// spec would otherwise sit in KV until the session's TTL.
+func (e *execution) discardUnfired(ctx context.Context) {
+	if e.run.Session == "" || e.run.FiringAt != nil {
+		return
+	}
+	client, err := e.client()
+	if err == nil {
+		err = client.Discard(ctx, e.run.Prefix, e.run.Session)
+	}
+	if err != nil {
+		e.log.WarnContext(ctx, "discard an unfired session; it expires by its TTL", slog.Any("error", err))
+	}
+}
+
+// recordFired records when the event went out. A failure is logged only:
+// the firing mark, committed before the event, is what keeps the run from
+// firing again.
+func (e *execution) recordFired(ctx context.Context, r *consul.Run) {
+	firedAt, events := r.FiredAt()
+	err := e.w.cfg.Store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
+		if err := q.MarkFired(ctx, e.run.ID, firedAt); err != nil {
+			return err
+		}
+		return audit.Record(ctx, tx, audit.Event{TenantID: e.run.TenantID, RunID: e.run.ID, Actor: e.actor, Type: audit.EventFired,
+			Data: map[string]any{"events": events, "session": r.Session()}})
+	})
+	if err != nil {
+		e.log.ErrorContext(ctx, "record fired event", slog.Any("error", err))
+	}
+}
 
 // stopReason says how a run whose engine context ended is to finish.
 func (e *execution) stopReason(ectx context.Context) (state, msg string) {
@@ -204,22 +261,36 @@ func (e *execution) stopReason(ectx context.Context) (state, msg string) {
 	return store.StateCancelled, ""
 }
 
-// notStarted handles an error before anything was fired: a cancel or
-// deadline ends the run; a detach or a transient error gives the run back
-// to the queue for River to retry (with backoff, up to its attempts); an
-// error retrying cannot fix ends the run failed.
+// notStarted handles an error before anything was fired: a cancel,
+// deadline or passed start bound ends the run; a detach or a transient
+// error gives the run back to the queue for River to retry (with backoff,
+// up to its attempts); an error retrying cannot fix ends the run failed.
 func (e *execution) notStarted(jobCtx, ectx context.Context, err error) error {
 	st := e.w.cfg.Store
 	switch {
 	case errors.Is(err, store.ErrLeaseLost):
 		return nil // another claim holds the run
+	case errors.Is(err, store.ErrCancelRequested):
+		return e.close(jobCtx, nil, nil, store.StateCancelled, string(consul.OutcomeCancelled), "")
+	case errors.Is(err, store.ErrStartBoundPassed):
+		return e.close(jobCtx, nil, nil, store.StateFailed, store.OutcomeNotStarted, store.NotStartedError(e.run.StartBy.Sub(e.run.CreatedAt)))
 	case ectx.Err() != nil && !errors.Is(context.Cause(ectx), consul.ErrDetach):
 		state, msg := e.stopReason(ectx)
-		return e.finish(jobCtx, nil, state, string(consul.OutcomeCancelled), msg)
+		return e.close(jobCtx, nil, nil, state, string(consul.OutcomeCancelled), msg)
 	case ectx.Err() == nil && permanent(err), e.lastAttempt && ectx.Err() == nil:
-		return e.finish(jobCtx, nil, store.StateFailed, "", err.Error())
+		return e.close(jobCtx, nil, nil, store.StateFailed, "", err.Error())
 	}
-	if rerr := st.Requeue(context.WithoutCancel(jobCtx), e.run.ID, e.owner); rerr != nil {
+	cause := err
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(jobCtx), 10*time.Second)
+	defer cancel()
+	if rerr := st.InTx(rctx, func(tx pgx.Tx, q *store.Queries) error {
+		ok, err := q.Requeue(rctx, e.run.ID, e.owner)
+		if err != nil || !ok {
+			return err
+		}
+		return audit.Record(rctx, tx, audit.Event{TenantID: e.run.TenantID, RunID: e.run.ID, Actor: e.actor, Type: audit.RunRequeued,
+			Data: map[string]any{"reason": cause.Error()}})
+	}); rerr != nil {
 		e.log.WarnContext(jobCtx, "requeue run", slog.Any("error", rerr))
 	}
 	if jobCtx.Err() != nil {
@@ -246,182 +317,18 @@ func permanent(err error) bool {
 }
 
 // leave lets go of a fired run that this worker cannot finish (it stops, it
-// lost its lease, its store or Consul failed): the lease is released so
-// that recovery hands the run to a new job at once, which re-attaches.
+// lost its lease, Consul stayed unreachable): the engine has detached, and
+// the lease is released so that recovery hands the run to a new job at
+// once, which re-attaches.
 func (e *execution) leave(jobCtx context.Context, err error) error {
 	if !errors.Is(err, store.ErrLeaseLost) {
-		if rerr := e.w.cfg.Store.ReleaseLease(context.WithoutCancel(jobCtx), e.run.ID, e.owner); rerr != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(jobCtx), 10*time.Second)
+		if rerr := e.w.cfg.Store.ReleaseLease(rctx, e.run.ID, e.owner); rerr != nil {
 			e.log.WarnContext(jobCtx, "release lease", slog.Any("error", rerr))
 		}
+		cancel()
 	}
 	e.log.InfoContext(jobCtx, "left the run for recovery", slog.Any("reason", err))
 	// Recovery, not River's retry, resumes the run.
 	return nil
-}
-
-// keepLease renews the run's lease until ctx ends. A lost lease, or
-// renewals failing for a whole TTL, detaches the engine; a requested cancel
-// cancels the run.
-func (e *execution) keepLease(ctx context.Context, cancel context.CancelCauseFunc) {
-	cfg := e.w.cfg
-	t := time.NewTicker(cfg.LeaseTTL / 3)
-	defer t.Stop()
-	renewed := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		cancelAsked, err := cfg.Store.RenewLease(ctx, e.run.ID, e.owner, cfg.LeaseTTL)
-		switch {
-		case ctx.Err() != nil:
-			return
-		case errors.Is(err, store.ErrLeaseLost):
-			e.log.WarnContext(ctx, "lease on run lost; leaving it to its new worker")
-			cancel(consul.ErrDetach)
-			return
-		case err != nil:
-			e.log.WarnContext(ctx, "renew lease", slog.Any("error", err))
-			if time.Since(renewed) > cfg.LeaseTTL {
-				cancel(consul.ErrDetach)
-				return
-			}
-		case cancelAsked:
-			cancel(errCancelRequested)
-			return
-		default:
-			renewed = time.Now()
-		}
-	}
-}
-
-// handle stores one watch round in one transaction, idempotently.
-func (e *execution) handle(ctx context.Context, events []consul.Event) error {
-	run := e.run
-	return e.w.cfg.Store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
-		if err := q.HoldLease(ctx, run.ID, e.owner); err != nil {
-			return err
-		}
-		var evs []audit.Event
-		for _, ev := range events {
-			switch ev.Kind {
-			case consul.EventAck:
-				ok, err := q.RecordAck(ctx, run.ID, ev.Node, ev.At)
-				if err != nil {
-					return err
-				}
-				if ok {
-					evs = append(evs, audit.Event{TenantID: run.TenantID, RunID: run.ID, Actor: e.actor, Type: audit.NodeAcked,
-						Data: map[string]any{"node": ev.Node}})
-				}
-			case consul.EventOutput:
-				if _, err := q.AppendChunk(ctx, run.ID, ev.Node, ev.Seq, ev.Data, run.OutputCap); err != nil {
-					return err
-				}
-			case consul.EventExit:
-				ok, err := q.RecordExit(ctx, run.ID, ev.Node, ev.ExitCode, ev.At)
-				if err != nil {
-					return err
-				}
-				if ok {
-					evs = append(evs, audit.Event{TenantID: run.TenantID, RunID: run.ID, Actor: e.actor, Type: audit.NodeExited,
-						Data: map[string]any{"node": ev.Node, "exit_code": ev.ExitCode}})
-				}
-			}
-		}
-		if err := audit.Record(ctx, tx, evs...); err != nil {
-			return err
-		}
-		return q.NotifyRun(ctx, run.ID)
-	})
-}
-
-// finish classifies unfinished nodes and ends the run, in one transaction.
-func (e *execution) finish(ctx context.Context, res *consul.Result, state, outcome, msg string) error {
-	ctx = context.WithoutCancel(ctx)
-	run := e.run
-	err := e.w.cfg.Store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
-		if err := q.HoldLease(ctx, run.ID, e.owner); err != nil {
-			return err
-		}
-		nodes, err := q.RunNodes(ctx, run.ID)
-		if err != nil {
-			return err
-		}
-		final := map[string]string{}
-		if res != nil {
-			for _, n := range res.Nodes {
-				final[n.Node] = string(n.State)
-			}
-		}
-		var evs []audit.Event
-		for _, n := range nodes {
-			if n.State == "exited" {
-				continue
-			}
-			ns := final[n.Node]
-			switch {
-			case ns == string(consul.NodeExited):
-				continue // stored by the handler
-			case ns == "" && (state == store.StateCancelled || outcome == string(consul.OutcomeCancelled)):
-				ns = "cancelled" // cancelled, or its deadline passed, before it could run
-			case ns == "" && n.State == "acked", ns == "" && outcome == string(consul.OutcomeSessionLost):
-				ns = "lost"
-			case ns == "":
-				ns = "no_ack"
-			}
-			ok, err := q.EndNode(ctx, run.ID, n.Node, ns)
-			if err != nil {
-				return err
-			}
-			if ok {
-				evs = append(evs, audit.Event{TenantID: run.TenantID, RunID: run.ID, Actor: e.actor, Type: audit.NodeEnded,
-					Data: map[string]any{"node": n.Node, "state": ns}})
-			}
-		}
-		ok, err := q.FinishRun(ctx, run.ID, e.owner, state, outcome, msg)
-		if err != nil || !ok {
-			return err
-		}
-		evs = append(evs, audit.Event{TenantID: run.TenantID, RunID: run.ID, Actor: e.actor, Type: audit.RunFinished,
-			Data: map[string]any{"state": state, "outcome": outcome, "error": msg}})
-		if err := audit.Record(ctx, tx, evs...); err != nil {
-			return err
-		}
-		return q.NotifyRun(ctx, run.ID)
-	})
-	if errors.Is(err, store.ErrLeaseLost) {
-		return nil // another claim holds the run and will finish it
-	}
-	if err != nil {
-		return fmt.Errorf("finish run: %w", err)
-	}
-	e.log.InfoContext(ctx, "run finished", slog.String("state", state), slog.String("outcome", outcome))
-	return nil
-}
-
-// RecoverWorker hands runs whose lease expired to new jobs.
-type RecoverWorker struct {
-	river.WorkerDefaults[RecoverArgs]
-	cfg Config
-}
-
-// Work reserves abandoned runs and inserts a job for each, in one
-// transaction.
-func (w *RecoverWorker) Work(ctx context.Context, job *river.Job[RecoverArgs]) error {
-	client := river.ClientFromContext[pgx.Tx](ctx)
-	return w.cfg.Store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
-		recs, err := q.TakeExpiredLeases(ctx, 3*w.cfg.LeaseTTL)
-		if err != nil {
-			return err
-		}
-		for _, r := range recs {
-			w.cfg.Logger.InfoContext(ctx, "recovering run", slog.String("run", r.RunID), slog.Int("recovery", r.Recoveries))
-			if _, err := client.InsertTx(ctx, tx, ExecArgs{RunID: r.RunID, Recovery: r.Recoveries}, nil); err != nil {
-				return fmt.Errorf("insert recovery job: %w", err)
-			}
-		}
-		return nil
-	})
 }

@@ -145,7 +145,9 @@ func (s *Service) auditRead(ctx context.Context, c Caller, runID string, data ma
 }
 
 // Cancel cancels a run: at once if it has not started, through its worker
-// if it runs. It returns the run's state after the call.
+// if it runs. It returns the run after the call. A cancel recorded before
+// the run fired means it never fires (the worker's fire step is serialised
+// with it on the run's row); the run's FiringAt tells the caller which.
 func (s *Service) Cancel(ctx context.Context, c Caller, id string) (store.Run, error) {
 	r, err := s.runOf(ctx, c, id)
 	if err != nil {
@@ -155,7 +157,7 @@ func (s *Service) Cancel(ctx context.Context, c Caller, id string) (store.Run, e
 		return store.Run{}, errorf(ErrForbidden, "only the submitter or an admin may cancel run %s", r.ID)
 	}
 	err = s.store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
-		state, err := q.CancelRun(ctx, c.Tenant.ID, r.ID)
+		cn, err := q.CancelRun(ctx, c.Tenant.ID, r.ID)
 		if errors.Is(err, store.ErrNotFound) {
 			return errorf(ErrConflict, "run %s is %s and cannot be cancelled", r.ID, r.State)
 		}
@@ -163,10 +165,12 @@ func (s *Service) Cancel(ctx context.Context, c Caller, id string) (store.Run, e
 			return err
 		}
 		typ := audit.RunCancelAsked
-		if state == store.StateCancelled {
+		if cn.State == store.StateCancelled {
 			typ = audit.RunCancelled
 		}
-		if err := audit.Record(ctx, tx, audit.Event{TenantID: c.Tenant.ID, RunID: r.ID, Actor: c.Principal.Name, Type: typ}); err != nil {
+		err = audit.Record(ctx, tx, audit.Event{TenantID: c.Tenant.ID, RunID: r.ID, Actor: c.Principal.Name, Type: typ,
+			Data: map[string]any{"fired": cn.Fired}})
+		if err != nil {
 			return err
 		}
 		return q.NotifyRun(ctx, r.ID)

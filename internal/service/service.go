@@ -5,6 +5,7 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -108,15 +109,21 @@ type Submission struct {
 	Wait          time.Duration
 	WaitRepl      time.Duration
 	Timeout       time.Duration
-	Reason        string
-	DryRun        bool
+	// StartTimeout bounds how long the run may wait to start; zero means
+	// the tenant's bound.
+	StartTimeout time.Duration
+	Reason       string
+	DryRun       bool
 }
 
 // Limits on a submission beyond the engine's own.
 const (
 	MaxReason  = 4096
 	MaxTimeout = 7 * 24 * time.Hour
-	MaxWait    = 10 * time.Minute
+	// MaxStartTimeout bounds a run's start bound: a run approved or
+	// dequeued days later must be submitted again.
+	MaxStartTimeout = 7 * 24 * time.Hour
+	MaxWait         = 10 * time.Minute
 )
 
 // Submitted is a stored run, or for a dry run what would be stored.
@@ -156,6 +163,8 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 		return Submitted{}, errorf(ErrInvalid, "wait-repl must be between 0 and %s", MaxWait)
 	case sub.Timeout < 0 || sub.Timeout > MaxTimeout:
 		return Submitted{}, errorf(ErrInvalid, "timeout must be between 0 and %s", MaxTimeout)
+	case sub.StartTimeout < 0 || sub.StartTimeout > MaxStartTimeout:
+		return Submitted{}, errorf(ErrInvalid, "start timeout must be between 0 and %s", MaxStartTimeout)
 	case len(sub.Reason) > MaxReason:
 		return Submitted{}, errorf(ErrInvalid, "reason is longer than %d bytes", MaxReason)
 	}
@@ -184,7 +193,9 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 		NodeFilter: sub.NodeFilter, ServiceFilter: sub.ServiceFilter, TagFilter: sub.TagFilter,
 		Prefix: spec.Prefix, Wait: spec.Wait, WaitRepl: spec.WaitRepl, Timeout: sub.Timeout,
 		Reason: sub.Reason, OutputCap: c.Tenant.OutputCap, Targets: targetJSON,
+		StartTimeout: cmp.Or(sub.StartTimeout, c.Tenant.StartTimeout, store.StartTimeoutDefault),
 	}
+	run.StartBy = time.Now().Add(run.StartTimeout)
 	if sub.DryRun {
 		return Submitted{Run: run, Targets: targets, DryRun: true}, nil
 	}
@@ -201,7 +212,7 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 			ev(audit.RunSubmitted, map[string]any{
 				"argv": sub.Argv, "script_bytes": len(sub.Script), "shell": sub.Shell,
 				"node": sub.NodeFilter, "service": sub.ServiceFilter, "tag": sub.TagFilter,
-				"prefix": spec.Prefix, "reason": sub.Reason, "targets": names,
+				"prefix": spec.Prefix, "reason": sub.Reason, "targets": names, "start_timeout": run.StartTimeout.String(),
 			}),
 			ev(audit.RunQueued, nil))
 		if err != nil {

@@ -24,6 +24,7 @@ func NewLeaseOwner(worker string) string {
 const queryClaimRun = `
 WITH old AS (SELECT id, started_at FROM runs WHERE id = $1 FOR UPDATE)
 UPDATE runs r SET state = 'running', started_at = coalesce(r.started_at, now()),
+	recoveries = r.recoveries + CASE WHEN old.started_at IS NULL THEN 0 ELSE 1 END,
 	lease_owner = $2, lease_expires_at = now() + $3 * interval '1 millisecond'
 FROM old
 WHERE r.id = old.id AND r.state IN ('queued', 'running')
@@ -32,9 +33,13 @@ RETURNING old.started_at IS NULL`
 
 // ClaimRun takes the run for owner for ttl, moving it to running. It
 // reports claimed=false when the run is not queued or running, or another
-// live claim holds it; first is true on the run's first start. owner must
-// be unique per claim (see NewLeaseOwner), so that two jobs of one process
-// cannot both hold a run.
+// live claim holds it; first is true on the run's first start. Every other
+// claim counts as a recovery: recoveries are counted when a worker picks a
+// run up, not when one is scheduled. owner must be unique per claim (see
+// NewLeaseOwner), so that two jobs of one process cannot both hold a run.
+//
+// A claimed run may still have a cancel recorded or its start bound
+// passed: the caller must not prepare it (MarkFiring refuses it anyway).
 func (q *Queries) ClaimRun(ctx context.Context, runID, owner string, ttl time.Duration) (claimed, first bool, err error) {
 	err = q.db.QueryRow(ctx, queryClaimRun, runID, owner, ttl.Milliseconds()).Scan(&first)
 	if err != nil {
@@ -80,15 +85,36 @@ func (q *Queries) HoldLease(ctx context.Context, runID, owner string) error {
 	return nil
 }
 
+const queryLockLease = `SELECT 1 FROM runs WHERE id = $1 AND lease_owner = $2 AND state = 'running' FOR UPDATE`
+
+// LockLease asserts that owner holds the run and keeps anyone else from
+// taking it until the transaction ends: a claim or a recovery sweep waits
+// for (or skips) the lock. Consul-side actions that only the holder may
+// take (destroying a fired run's session and prefix) happen inside such a
+// transaction, so that a worker that stalled past its lease cannot take
+// them once another worker holds the run.
+func (q *Queries) LockLease(ctx context.Context, runID, owner string) error {
+	var one int
+	if err := q.db.QueryRow(ctx, queryLockLease, runID, owner).Scan(&one); err != nil {
+		if errors.Is(notFound(err), ErrNotFound) {
+			return ErrLeaseLost
+		}
+		return fmt.Errorf("lock lease: %w", err)
+	}
+	return nil
+}
+
 const queryRequeue = `UPDATE runs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL
 WHERE id = $1 AND lease_owner = $2 AND state = 'running' AND firing_at IS NULL`
 
-// Requeue gives back a run that never reached firing, for River to retry.
-func (q *Queries) Requeue(ctx context.Context, runID, owner string) error {
-	if _, err := q.db.Exec(ctx, queryRequeue, runID, owner); err != nil {
-		return fmt.Errorf("requeue run: %w", err)
+// Requeue gives back a run that never reached firing, for River to retry;
+// false if owner no longer held it.
+func (q *Queries) Requeue(ctx context.Context, runID, owner string) (bool, error) {
+	tag, err := q.db.Exec(ctx, queryRequeue, runID, owner)
+	if err != nil {
+		return false, fmt.Errorf("requeue run: %w", err)
 	}
-	return nil
+	return tag.RowsAffected() == 1, nil
 }
 
 const queryReleaseLease = `UPDATE runs SET lease_expires_at = now() WHERE id = $1 AND lease_owner = $2 AND state = 'running'`
@@ -116,17 +142,46 @@ func (q *Queries) RecordSession(ctx context.Context, runID, owner, session strin
 	return nil
 }
 
-const queryMarkFiring = `UPDATE runs SET firing_at = now() WHERE id = $1 AND lease_owner = $2 AND state = 'running' AND firing_at IS NULL AND session = $3`
+// Why a run may not fire.
+var (
+	// ErrCancelRequested: a cancel (or a denial, or an expiry) was recorded.
+	ErrCancelRequested = errors.New("cancel requested before the run fired")
+	// ErrStartBoundPassed: the run did not fire within its start bound.
+	ErrStartBoundPassed = errors.New("run did not start within its start bound")
+)
+
+const (
+	queryFiringCheck = `SELECT lease_owner IS NOT DISTINCT FROM $2 AND state = 'running' AND firing_at IS NULL AND session IS NOT DISTINCT FROM $3,
+	cancel_requested_at IS NOT NULL, now() > start_by
+FROM runs WHERE id = $1 FOR UPDATE`
+	queryMarkFiring = `UPDATE runs SET firing_at = now() WHERE id = $1`
+)
 
 // MarkFiring records, at the last moment before the first event goes out,
-// that the command may run from now on: the run is never fired again.
+// that the command may run from now on: the run is never fired again. It
+// must run in a transaction, which it serialises with CancelRun on the
+// run's row: once a cancel is recorded it refuses with ErrCancelRequested,
+// and a cancel that comes after it finds the run firing. It refuses with
+// ErrStartBoundPassed past the run's start bound, and ErrLeaseLost when
+// owner no longer holds the run with this session.
 func (q *Queries) MarkFiring(ctx context.Context, runID, owner, session string) error {
-	tag, err := q.db.Exec(ctx, queryMarkFiring, runID, owner, session)
-	if err != nil {
+	var held, cancelled, late bool
+	if err := q.db.QueryRow(ctx, queryFiringCheck, runID, owner, session).Scan(&held, &cancelled, &late); err != nil {
+		if errors.Is(notFound(err), ErrNotFound) {
+			return ErrLeaseLost
+		}
 		return fmt.Errorf("mark firing: %w", err)
 	}
-	if tag.RowsAffected() != 1 {
+	switch {
+	case !held:
 		return ErrLeaseLost
+	case cancelled:
+		return ErrCancelRequested
+	case late:
+		return ErrStartBoundPassed
+	}
+	if _, err := q.db.Exec(ctx, queryMarkFiring, runID); err != nil {
+		return fmt.Errorf("mark firing: %w", err)
 	}
 	return nil
 }
@@ -274,34 +329,56 @@ const queryCancelRun = `
 UPDATE runs SET
 	state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END,
 	finished_at = CASE WHEN state = 'running' THEN finished_at ELSE now() END,
+	lease_owner = CASE WHEN state = 'running' THEN lease_owner END,
+	lease_expires_at = CASE WHEN state = 'running' THEN lease_expires_at END,
 	cancel_requested_at = coalesce(cancel_requested_at, now())
 WHERE tenant_id = $1 AND id = $2::uuid AND state IN ('queued', 'running', 'pending_approval')
-RETURNING state`
+RETURNING state, firing_at IS NOT NULL`
 
 const queryCancelNodes = `UPDATE run_nodes SET state = 'cancelled' WHERE run_id = $1 AND state IN ('pending', 'acked')`
 
-// CancelRun cancels a run that has not started (it ends at once) or asks
-// the worker of a running one to cancel it. It returns the state after the
-// call; ErrNotFound when the run is not the tenant's or cannot be cancelled
-// in its state (the caller tells which apart).
-func (q *Queries) CancelRun(ctx context.Context, tenantID int64, runID string) (string, error) {
+const queryNotifyCancel = `SELECT pg_notify('` + CancelChannel + `', $1)`
+
+// CancelChannel is the notification channel on which workers hear of
+// cancels at once, rather than at their next lease renewal.
+const CancelChannel = "rexec_cancel"
+
+// Cancellation is the outcome of CancelRun.
+type Cancellation struct {
+	// State is the run's state after the call: cancelled for a run that
+	// had not started, running for one whose worker will cancel it.
+	State string
+	// Fired is true when the run may already have fired: a cancel that
+	// finds it false guarantees that the command never runs.
+	Fired bool
+}
+
+// CancelRun records a cancel. A run that has not started ends cancelled at
+// once; for a running one the cancel is recorded on its row (where
+// MarkFiring will refuse to fire it) and its worker is notified on commit.
+// ErrNotFound when the run is not the tenant's or cannot be cancelled in
+// its state (the caller tells which apart).
+func (q *Queries) CancelRun(ctx context.Context, tenantID int64, runID string) (Cancellation, error) {
 	if !IsUUID(runID) {
-		return "", fmt.Errorf("cancel run: %w", ErrNotFound)
+		return Cancellation{}, fmt.Errorf("cancel run: %w", ErrNotFound)
 	}
-	var state string
-	if err := q.db.QueryRow(ctx, queryCancelRun, tenantID, runID).Scan(&state); err != nil {
-		return "", fmt.Errorf("cancel run: %w", notFound(err))
+	var c Cancellation
+	if err := q.db.QueryRow(ctx, queryCancelRun, tenantID, runID).Scan(&c.State, &c.Fired); err != nil {
+		return Cancellation{}, fmt.Errorf("cancel run: %w", notFound(err))
 	}
-	if state == StateCancelled {
+	if c.State == StateCancelled {
 		if _, err := q.db.Exec(ctx, queryCancelNodes, runID); err != nil {
-			return "", fmt.Errorf("cancel run: %w", err)
+			return Cancellation{}, fmt.Errorf("cancel run: %w", err)
 		}
 	}
-	return state, nil
+	if _, err := q.db.Exec(ctx, queryNotifyCancel, runID); err != nil {
+		return Cancellation{}, fmt.Errorf("cancel run: notify: %w", err)
+	}
+	return c, nil
 }
 
 const queryExpiredLeases = `
-UPDATE runs SET lease_owner = NULL, lease_expires_at = now() + $1 * interval '1 millisecond', recoveries = recoveries + 1
+UPDATE runs SET lease_owner = NULL, lease_expires_at = now() + $1 * interval '1 millisecond'
 WHERE id IN (SELECT id FROM runs WHERE state = 'running' AND lease_expires_at < now() ORDER BY lease_expires_at LIMIT 100 FOR UPDATE SKIP LOCKED)
 RETURNING id, recoveries`
 
@@ -312,7 +389,9 @@ type Recovery struct {
 }
 
 // TakeExpiredLeases reserves up to 100 runs whose lease expired for
-// recovery, for hold, so that one sweep does not race the next.
+// recovery, for hold, so that one sweep does not race the next. A run
+// whose lease is locked (its holder is tearing it down) is skipped.
+// Recoveries is the count so far; ClaimRun counts the new one.
 func (q *Queries) TakeExpiredLeases(ctx context.Context, hold time.Duration) ([]Recovery, error) {
 	rows, err := q.db.Query(ctx, queryExpiredLeases, hold.Milliseconds())
 	if err != nil {
@@ -330,7 +409,7 @@ func (q *Queries) TakeExpiredLeases(ctx context.Context, hold time.Duration) ([]
 	return out, rows.Err()
 }
 
-const queryNotify = `SELECT pg_notify('rexec_run', $1)`
+const queryNotify = `SELECT pg_notify('` + RunChannel + `', $1)`
 
 // NotifyRun wakes followers of the run once the transaction commits.
 func (q *Queries) NotifyRun(ctx context.Context, runID string) error {

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -20,6 +21,10 @@ const (
 	StateDenied          = "denied"
 	StateExpired         = "expired"
 )
+
+// OutcomeNotStarted is the outcome of a run that could not start within its
+// start bound. (The engine's outcomes name the others.)
+const OutcomeNotStarted = "not_started"
 
 // Terminal reports whether a run in state s will not change again.
 func Terminal(s string) bool {
@@ -50,9 +55,20 @@ type Run struct {
 	Reason        string
 	OutputCap     int64
 	// Targets is the frozen target set as JSON (a list of consul.Node).
-	Targets    json.RawMessage
-	Session    string
-	FiringAt   *time.Time
+	Targets  json.RawMessage
+	Session  string
+	FiringAt *time.Time
+	// StartTimeout, on insert, sets StartBy to the submission time plus it.
+	StartTimeout time.Duration
+	// StartBy is when a run that has not fired gives up: it fails rather
+	// than fire late.
+	StartBy time.Time
+	// CancelRequested is set once a cancel is recorded: the run never
+	// fires after it.
+	CancelRequested bool
+	// Recoveries counts the times a worker picked the run up again after
+	// its previous worker went away.
+	Recoveries int
 	Outcome    string
 	Error      string
 	CreatedAt  time.Time
@@ -63,7 +79,7 @@ type Run struct {
 
 const runColumns = `r.id, r.tenant_id, r.submitted_by, p.name, r.state, r.argv, r.script, r.shell,
 	r.node_filter, r.service_filter, r.tag_filter, r.prefix, r.wait_ms, r.wait_repl_ms, r.timeout_ms,
-	r.reason, r.output_cap, r.targets, coalesce(r.session, ''), r.firing_at, coalesce(r.outcome, ''), coalesce(r.error, ''),
+	r.reason, r.output_cap, r.targets, coalesce(r.session, ''), r.firing_at, r.start_by, r.cancel_requested_at IS NOT NULL, r.recoveries, coalesce(r.outcome, ''), coalesce(r.error, ''),
 	r.created_at, r.started_at, r.fired_at, r.finished_at`
 
 func scanRun(row interface{ Scan(...any) error }) (Run, error) {
@@ -71,7 +87,7 @@ func scanRun(row interface{ Scan(...any) error }) (Run, error) {
 	var wait, waitRepl, timeout int64
 	err := row.Scan(&r.ID, &r.TenantID, &r.SubmittedBy, &r.SubmitterName, &r.State, &r.Argv, &r.Script, &r.Shell,
 		&r.NodeFilter, &r.ServiceFilter, &r.TagFilter, &r.Prefix, &wait, &waitRepl, &timeout,
-		&r.Reason, &r.OutputCap, &r.Targets, &r.Session, &r.FiringAt, &r.Outcome, &r.Error,
+		&r.Reason, &r.OutputCap, &r.Targets, &r.Session, &r.FiringAt, &r.StartBy, &r.CancelRequested, &r.Recoveries, &r.Outcome, &r.Error,
 		&r.CreatedAt, &r.StartedAt, &r.FiredAt, &r.FinishedAt)
 	r.Wait, r.WaitRepl, r.Timeout = time.Duration(wait)*time.Millisecond, time.Duration(waitRepl)*time.Millisecond, time.Duration(timeout)*time.Millisecond
 	return r, err
@@ -79,8 +95,8 @@ func scanRun(row interface{ Scan(...any) error }) (Run, error) {
 
 const queryInsertRun = `
 INSERT INTO runs (tenant_id, submitted_by, state, argv, script, shell, node_filter, service_filter, tag_filter,
-	prefix, wait_ms, wait_repl_ms, timeout_ms, reason, output_cap, targets)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+	prefix, wait_ms, wait_repl_ms, timeout_ms, reason, output_cap, targets, start_by)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, now() + $17 * interval '1 millisecond')
 RETURNING id`
 
 const queryInsertRunNode = `INSERT INTO run_nodes (run_id, node) SELECT $1, unnest($2::text[])`
@@ -93,7 +109,7 @@ func (q *Queries) InsertRun(ctx context.Context, r Run, nodes []string) (Run, er
 	}
 	err := q.db.QueryRow(ctx, queryInsertRun, r.TenantID, r.SubmittedBy, r.State, r.Argv, r.Script, r.Shell,
 		r.NodeFilter, r.ServiceFilter, r.TagFilter, r.Prefix, r.Wait.Milliseconds(), r.WaitRepl.Milliseconds(),
-		r.Timeout.Milliseconds(), r.Reason, r.OutputCap, r.Targets).Scan(&r.ID)
+		r.Timeout.Milliseconds(), r.Reason, r.OutputCap, r.Targets, cmp.Or(r.StartTimeout, StartTimeoutDefault).Milliseconds()).Scan(&r.ID)
 	if err != nil {
 		return Run{}, fmt.Errorf("insert run: %w", err)
 	}

@@ -144,6 +144,27 @@ func newGoose(db *sql.DB) (*goose.Provider, error) {
 	return p, nil
 }
 
+// Permanent reports whether err is one that retrying the same statement
+// cannot fix: a lost lease, a missing row, or the database refusing the
+// data or the statement itself (SQLSTATE classes 22, 23, 42). Everything
+// else — a refused or broken connection, a server shutting down or
+// restarting, a serialization failure — may go away: a worker that holds
+// a run waits it out rather than give the run up.
+func Permanent(err error) bool {
+	if errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrCancelRequested) ||
+		errors.Is(err, ErrStartBoundPassed) {
+		return true
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch pe.Code[:2] {
+		case "22", "23", "42":
+			return true
+		}
+	}
+	return false
+}
+
 // isUniqueViolation reports a unique_violation error.
 func isUniqueViolation(err error) bool {
 	var pe *pgconn.PgError

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -31,25 +32,33 @@ type Tenant struct {
 	TLS         TLS
 	Prefix      string
 	OutputCap   int64
-	CreatedAt   time.Time
+	// StartTimeout bounds how long a run may wait to start (queue,
+	// approval, recovery before firing). Zero means StartTimeoutDefault.
+	StartTimeout time.Duration
+	CreatedAt    time.Time
 }
 
-const tenantColumns = `id, name, consul_addr, consul_datacenter, consul_token, consul_tls, prefix, output_cap, created_at`
+// StartTimeoutDefault is a tenant's default start bound.
+const StartTimeoutDefault = 15 * time.Minute
+
+const tenantColumns = `id, name, consul_addr, consul_datacenter, consul_token, consul_tls, prefix, output_cap, start_timeout_ms, created_at`
 
 func scanTenant(row interface{ Scan(...any) error }) (Tenant, error) {
 	var t Tenant
-	err := row.Scan(&t.ID, &t.Name, &t.ConsulAddr, &t.Datacenter, &t.ConsulToken, &t.TLS, &t.Prefix, &t.OutputCap, &t.CreatedAt)
+	var startMS int64
+	err := row.Scan(&t.ID, &t.Name, &t.ConsulAddr, &t.Datacenter, &t.ConsulToken, &t.TLS, &t.Prefix, &t.OutputCap, &startMS, &t.CreatedAt)
+	t.StartTimeout = time.Duration(startMS) * time.Millisecond
 	return t, err
 }
 
 const queryCreateTenant = `
-INSERT INTO tenants (name, consul_addr, consul_datacenter, consul_token, consul_tls, prefix, output_cap)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+INSERT INTO tenants (name, consul_addr, consul_datacenter, consul_token, consul_tls, prefix, output_cap, start_timeout_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 RETURNING ` + tenantColumns
 
 // CreateTenant inserts t; ErrExists if the name is taken.
 func (q *Queries) CreateTenant(ctx context.Context, t Tenant) (Tenant, error) {
-	out, err := scanTenant(q.db.QueryRow(ctx, queryCreateTenant, t.Name, t.ConsulAddr, t.Datacenter, t.ConsulToken, t.TLS, t.Prefix, t.OutputCap))
+	out, err := scanTenant(q.db.QueryRow(ctx, queryCreateTenant, t.Name, t.ConsulAddr, t.Datacenter, t.ConsulToken, t.TLS, t.Prefix, t.OutputCap, cmp.Or(t.StartTimeout, StartTimeoutDefault).Milliseconds()))
 	if isUniqueViolation(err) {
 		return Tenant{}, fmt.Errorf("tenant %q: %w", t.Name, ErrExists)
 	}
@@ -182,7 +191,7 @@ JOIN principals p ON p.id = k.principal_id
 JOIN tenants t ON t.id = p.tenant_id
 WHERE k.token_hash = $1 AND k.revoked_at IS NULL`
 
-const tenantColumnsT = `t.id, t.name, t.consul_addr, t.consul_datacenter, t.consul_token, t.consul_tls, t.prefix, t.output_cap, t.created_at`
+const tenantColumnsT = `t.id, t.name, t.consul_addr, t.consul_datacenter, t.consul_token, t.consul_tls, t.prefix, t.output_cap, t.start_timeout_ms, t.created_at`
 
 // Authenticate returns the principal and tenant of a live token, or
 // ErrNotFound.
@@ -192,10 +201,12 @@ func (q *Queries) Authenticate(ctx context.Context, token string) (Principal, Te
 	}
 	var p Principal
 	var t Tenant
+	var startMS int64
 	err := q.db.QueryRow(ctx, queryAuthenticate, HashToken(token)).Scan(&p.ID, &p.TenantID, &p.Name, &p.Roles,
-		&t.ID, &t.Name, &t.ConsulAddr, &t.Datacenter, &t.ConsulToken, &t.TLS, &t.Prefix, &t.OutputCap, &t.CreatedAt)
+		&t.ID, &t.Name, &t.ConsulAddr, &t.Datacenter, &t.ConsulToken, &t.TLS, &t.Prefix, &t.OutputCap, &startMS, &t.CreatedAt)
 	if err != nil {
 		return Principal{}, Tenant{}, notFound(err)
 	}
+	t.StartTimeout = time.Duration(startMS) * time.Millisecond
 	return p, t, nil
 }
