@@ -104,6 +104,15 @@ func (p *Process) Stop(sig syscall.Signal, grace time.Duration) {
 	p.Kill()
 }
 
+// Signal sends sig to the child's process group (SIGSTOP and SIGCONT
+// freeze and thaw it, as a stalled machine would be).
+func (p *Process) Signal(sig syscall.Signal) error {
+	if err := syscall.Kill(-p.Pid(), sig); err != nil {
+		return fmt.Errorf("signal %s: %w", sig, err)
+	}
+	return nil
+}
+
 // Kill kills the child's whole process group at once and waits for the child.
 func (p *Process) Kill() {
 	if err := syscall.Kill(-p.Pid(), syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {

@@ -86,13 +86,30 @@ type envOpts struct {
 	workers  int    // workers in the serve process; -1 for none (API only)
 	tenant   string // default "acme"
 	leaseTTL time.Duration
+	// db and cluster replace the package's (a test that stops them has its
+	// own); tenantAgent names the agent the tenant talks to (default web-1).
+	db          string
+	cluster     *localconsul.Cluster
+	tenantAgent string
+	// serveArgs are added to the serve command.
+	serveArgs []string
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
-	cl := testenv.Cluster(t)
-	e := &env{t: t, db: testenv.Database(t), cluster: cl, prefix: "_rexec/" + strings.ReplaceAll(testenv.Prefix(t), "/", "-")}
-	ca, err := api.NewClient(&api.Config{Address: cl.Agent("web-1").HTTPAddr()})
+	cl := o.cluster
+	if cl == nil {
+		cl = testenv.Cluster(t)
+	}
+	db := o.db
+	if db == "" {
+		db = testenv.Database(t)
+	}
+	if o.tenantAgent == "" {
+		o.tenantAgent = "web-1"
+	}
+	e := &env{t: t, db: db, cluster: cl, prefix: "_rexec/" + strings.ReplaceAll(testenv.Prefix(t), "/", "-")}
+	ca, err := api.NewClient(&api.Config{Address: cl.Agent(o.tenantAgent).HTTPAddr()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +118,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		o.tenant = "acme"
 	}
 	e.svc("migrate")
-	e.svc("tenant", "create", o.tenant, "-consul-addr", cl.Agent("web-1").HTTPAddr(), "-prefix", e.prefix)
+	e.svc("tenant", "create", o.tenant, "-consul-addr", cl.Agent(o.tenantAgent).HTTPAddr(), "-prefix", e.prefix)
 	e.token = e.newToken(o.tenant, "alice", "submitter,auditor")
 	workers := 4
 	if o.workers < 0 {
@@ -109,7 +126,8 @@ func newEnv(t testing.TB, o envOpts) *env {
 	} else if o.workers > 0 {
 		workers = o.workers
 	}
-	e.addr = e.start("serve", "-listen", "127.0.0.1:0", "-workers", strconv.Itoa(workers), "-worker-id", "serve", "-lease-ttl", cmpDur(o.leaseTTL))
+	args := append([]string{"serve", "-listen", "127.0.0.1:0", "-workers", strconv.Itoa(workers), "-worker-id", "serve", "-lease-ttl", cmpDur(o.leaseTTL)}, o.serveArgs...)
+	e.addr = e.start(args...)
 	return e
 }
 
@@ -167,9 +185,15 @@ func (e *env) start(args ...string) string {
 
 func (e *env) startProc(args ...string) (*childproc.Process, string) {
 	e.t.Helper()
+	return e.startProcEnv(nil, args...)
+}
+
+// startProcEnv is startProc with extra environment variables.
+func (e *env) startProcEnv(env []string, args ...string) (*childproc.Process, string) {
+	e.t.Helper()
 	logPath := filepath.Join(e.t.TempDir(), "svc.log")
 	p, err := childproc.Start(bins.svc, args, childproc.Options{
-		Env:     []string{"REXEC_DATABASE_URL=" + e.db, "REXEC_LOG_LEVEL=debug"},
+		Env:     append([]string{"REXEC_DATABASE_URL=" + e.db, "REXEC_LOG_LEVEL=debug"}, env...),
 		LogPath: logPath,
 	})
 	if err != nil {

@@ -371,6 +371,23 @@ func (a *Agent) Kill() {
 	}
 }
 
+// Freeze stops the agent and every command it runs with SIGSTOP, as a
+// frozen machine would be: its connections stay open, nothing answers.
+func (a *Agent) Freeze() error { return a.signal(syscall.SIGSTOP) }
+
+// Thaw resumes a frozen agent with SIGCONT.
+func (a *Agent) Thaw() error { return a.signal(syscall.SIGCONT) }
+
+func (a *Agent) signal(sig syscall.Signal) error {
+	a.cluster.mu.Lock()
+	p := a.proc
+	a.cluster.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("localconsul: agent %s is not running", a.cfg.Name)
+	}
+	return p.Signal(sig)
+}
+
 // Stop stops the agent gracefully (SIGINT: it leaves the cluster).
 func (a *Agent) Stop() {
 	a.cluster.mu.Lock()

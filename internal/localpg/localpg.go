@@ -1,11 +1,15 @@
 // Package localpg runs a throw-away PostgreSQL server for tests and
 // `rexec-svc dev`: initdb into a temporary directory, a free loopback port,
-// fsync off. As root it runs the server as the `postgres` user, since
+// fsync off (the machine does not crash under a test) but commits written
+// to the kernel before they return, so that a server killed at once
+// (Kill, as in `pg_ctl stop -m immediate`) keeps every committed
+// transaction. As root it runs the server as the `postgres` user, since
 // Postgres refuses to run as root.
 package localpg
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -15,6 +19,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -45,8 +50,10 @@ type Config struct {
 
 // Server is a running ephemeral PostgreSQL.
 type Server struct {
+	cfg  Config
 	dir  string
 	port int
+	mu   sync.Mutex // guards proc
 	proc *childproc.Process
 }
 
@@ -83,15 +90,16 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("localpg: %w", err)
 	}
-	s := &Server{dir: dir}
-	if err := s.start(ctx, cfg); err != nil {
+	s := &Server{cfg: cfg, dir: dir}
+	if err := s.init(ctx); err != nil {
 		s.Stop()
 		return nil, err
 	}
 	return s, nil
 }
 
-func (s *Server) start(ctx context.Context, cfg Config) error {
+func (s *Server) init(ctx context.Context) error {
+	cfg := s.cfg
 	cred, err := credential()
 	if err != nil {
 		return err
@@ -113,15 +121,29 @@ func (s *Server) start(ctx context.Context, cfg Config) error {
 		return err
 	}
 	s.port = port
-	s.proc, err = childproc.Start(filepath.Join(cfg.BinDir, "postgres"), []string{
+	return s.run(ctx)
+}
+
+// run starts the server on its data directory and port and waits until it
+// accepts connections.
+func (s *Server) run(ctx context.Context) error {
+	cfg, port, data := s.cfg, s.port, filepath.Join(s.dir, "data")
+	cred, err := credential()
+	if err != nil {
+		return err
+	}
+	proc, err := childproc.Start(filepath.Join(cfg.BinDir, "postgres"), []string{
 		"-D", data, "-p", strconv.Itoa(port), "-k", s.dir,
 		"-c", "listen_addresses=127.0.0.1",
-		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+		"-c", "fsync=off", "-c", "full_page_writes=off",
 		"-c", "max_connections=300", "-c", "shared_buffers=128MB",
 	}, childproc.Options{LogPath: filepath.Join(s.dir, "postgres.log"), Credential: cred})
 	if err != nil {
 		return fmt.Errorf("localpg: %w", err)
 	}
+	s.mu.Lock()
+	s.proc = proc
+	s.mu.Unlock()
 	cfg.Logger.InfoContext(ctx, "starting postgres", slog.Int("port", port))
 	ctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
@@ -131,7 +153,7 @@ func (s *Server) start(ctx context.Context, cfg Config) error {
 			conn.Close(ctx)
 			return nil
 		}
-		if exited, werr := s.proc.Exited(); exited {
+		if exited, werr := proc.Exited(); exited {
 			log, _ := os.ReadFile(filepath.Join(s.dir, "postgres.log"))
 			return fmt.Errorf("localpg: postgres exited: %v\n%s", werr, log)
 		}
@@ -171,12 +193,33 @@ func (s *Server) URL(db string) string {
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", s.port, db)
 }
 
+// Kill shuts the server down at once, as `pg_ctl stop -m immediate` does
+// (SIGQUIT: no checkpoint, clients cut off), keeping its data for Restart.
+func (s *Server) Kill() {
+	s.mu.Lock()
+	p := s.proc
+	s.proc = nil
+	s.mu.Unlock()
+	if p != nil {
+		p.Stop(syscall.SIGQUIT, 5*time.Second)
+	}
+}
+
+// Restart starts a killed server again on the same data and port; it
+// recovers from its WAL as after a crash.
+func (s *Server) Restart(ctx context.Context) error {
+	s.mu.Lock()
+	running := s.proc != nil
+	s.mu.Unlock()
+	if running {
+		return errors.New("localpg: server is running")
+	}
+	return s.run(ctx)
+}
+
 // Stop stops the server and removes its data.
 func (s *Server) Stop() {
-	if s.proc != nil {
-		// SIGQUIT: immediate shutdown; the data is thrown away anyway.
-		s.proc.Stop(syscall.SIGQUIT, 5*time.Second)
-	}
+	s.Kill()
 	if s.dir != "" {
 		os.RemoveAll(s.dir)
 	}
