@@ -451,3 +451,47 @@ func TestRunSlowHandler(t *testing.T) {
 	}
 	b.assertClean(t, res.Session)
 }
+
+// TestRunSessionTTLOnly: a run's session carries no health check, so that
+// losing the agent it was made through does not invalidate it, and a
+// handler that fails without asking to detach is retried, the reports
+// kept in KV meanwhile, until it takes them.
+func TestRunSessionTTLOnly(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := ctxT(t, time.Minute)
+	spec := b.spec("echo hi")
+	spec.NodeFilter = "^web-1$"
+	targets, err := b.client.Resolve(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := b.client.Prepare(ctx, spec, targets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry, _, err := b.api.Session().Info(r.Session(), nil)
+	if err != nil || entry == nil {
+		t.Fatalf("session: %v %v", entry, err)
+	}
+	if len(entry.Checks) != 0 || len(entry.NodeChecks) != 0 || len(entry.ServiceChecks) != 0 || entry.TTL == "" {
+		t.Errorf("session checks %v %v %v, TTL %q: want TTL only", entry.Checks, entry.NodeChecks, entry.ServiceChecks, entry.TTL)
+	}
+	failures := 0
+	var c collector
+	h := func(ctx context.Context, evs []consul.Event) error {
+		if failures < 3 {
+			failures++
+			return errors.New("database away")
+		}
+		c.handle(ctx, evs)
+		return nil
+	}
+	res, err := r.Execute(ctx, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if failures != 3 || res.Outcome != consul.OutcomeCompleted || c.output("web-1") != "hi\n" {
+		t.Errorf("after %d handler failures: %s, output %q", failures, res.Outcome, c.output("web-1"))
+	}
+}

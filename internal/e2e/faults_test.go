@@ -245,6 +245,9 @@ func TestWorkerCrashAtEachStep(t *testing.T) {
 			if r.State != "completed" {
 				t.Errorf("run ended %s", r.State)
 			}
+			if r.Recoveries != 1 {
+				t.Errorf("%d recoveries counted, want 1 (worker B's pickup)", r.Recoveries)
+			}
 			if tc.fired {
 				e.checkArchive(id, dir, nodes, want)
 			} else {

@@ -25,9 +25,12 @@ type nodeJSON struct {
 }
 
 type runJSON struct {
-	ID    string     `json:"id"`
-	State string     `json:"state"`
-	Nodes []nodeJSON `json:"nodes"`
+	ID         string     `json:"id"`
+	State      string     `json:"state"`
+	Error      string     `json:"error"`
+	StartBy    time.Time  `json:"start_by"`
+	Recoveries int        `json:"recoveries"`
+	Nodes      []nodeJSON `json:"nodes"`
 }
 
 func (e *env) show(id string) runJSON {
