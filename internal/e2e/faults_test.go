@@ -437,6 +437,7 @@ func TestConsulServerRestart(t *testing.T) {
 		return s == "completed" || s == "failed"
 	})
 	r := e.show(id)
+	t.Logf("run %s (%s)", r.State, r.Error)
 	for _, n := range r.Nodes {
 		logs := e.cli(nil, "jobs", "logs", id, "-node", n.Node).stdout
 		switch {
