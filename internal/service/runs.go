@@ -173,10 +173,16 @@ func (s *Service) Cancel(ctx context.Context, c Caller, id string) (store.Run, e
 		if err != nil {
 			return err
 		}
+		// The answer is the run as the cancel left it, not as its worker
+		// (told at once) may already have ended it: "running" with a cancel
+		// requested says the run may have fired.
+		if r, err = q.GetRun(ctx, c.Tenant.ID, r.ID); err != nil {
+			return err
+		}
 		return q.NotifyRun(ctx, r.ID)
 	})
 	if err != nil {
 		return store.Run{}, err
 	}
-	return s.runOf(ctx, c, id)
+	return r, nil
 }
