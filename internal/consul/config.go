@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -131,6 +132,12 @@ type Client struct {
 	cfg Config
 	api *api.Client
 	log *slog.Logger
+
+	// http and base carry the requests consul/api has no method for (the
+	// ACL authorize endpoint wants POST) over the same transport, TLS and
+	// address as every other request.
+	http *http.Client
+	base url.URL
 }
 
 // New validates cfg and returns a Client. It does not contact Consul.
@@ -166,7 +173,10 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("consul client: %w", err)
 	}
-	return &Client{cfg: cfg, api: client, log: cfg.Logger}, nil
+	// api.NewClient completed ac: its HTTP client, scheme, address and
+	// path prefix are the ones every consul/api request uses.
+	base := url.URL{Scheme: ac.Scheme, Host: ac.Address, Path: ac.PathPrefix}
+	return &Client{cfg: cfg, api: client, log: cfg.Logger, http: ac.HttpClient, base: base}, nil
 }
 
 // API returns the underlying consul/api client.

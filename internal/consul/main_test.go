@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -44,7 +45,9 @@ func TestMain(m *testing.M) {
 	for _, n := range longNames {
 		clients = append(clients, localconsul.AgentConfig{Name: n, Services: []localconsul.Service{{Name: "long"}}})
 	}
-	testenv.Main(m, testenv.Options{Consul: &localconsul.Config{Clients: clients}})
+	code := testenv.Run(m, testenv.Options{Consul: &localconsul.Config{Clients: clients}})
+	stopACLCluster() // started by the first ACL test, if any ran
+	os.Exit(code)
 }
 
 // counter counts the HTTP requests a client sends.

@@ -67,6 +67,9 @@ type Config struct {
 	StartTimeout time.Duration
 	// Logger receives progress messages. Default: discard.
 	Logger *slog.Logger
+	// ACL, when set, turns ACLs on for every agent (see ACLConfig).
+	// Default: ACLs off.
+	ACL *ACLConfig
 }
 
 func (c Config) withDefaults() Config {
@@ -78,6 +81,10 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.ACL != nil {
+		acl := c.ACL.withDefaults()
+		c.ACL = &acl
 	}
 	return c
 }
@@ -96,6 +103,9 @@ func (c Config) validate() error {
 	if len(c.Clients) > 250 {
 		return errors.New("localconsul: at most 250 client agents")
 	}
+	if c.ACL != nil {
+		return c.ACL.validate()
+	}
 	return nil
 }
 
@@ -105,6 +115,9 @@ type Cluster struct {
 	tmpDir  bool
 	server  *Agent
 	clients []*Agent
+	// agentToken is the client agents' ACL token, chosen before it exists
+	// so that every client's configuration can name it.
+	agentToken string
 
 	mu sync.Mutex // guards agents' processes
 }
@@ -134,6 +147,9 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		cfg.Binary = bin
 	}
 	c := &Cluster{cfg: cfg}
+	if cfg.ACL != nil {
+		c.agentToken = randomUUID()
+	}
 	if cfg.Dir == "" {
 		dir, err := os.MkdirTemp("", "rexec-consul-")
 		if err != nil {
@@ -150,15 +166,22 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	for i, ac := range cfg.Clients {
 		c.clients = append(c.clients, c.newAgent(ac, false, fmt.Sprintf("%s%d", base, i+2)))
 	}
-	cfg.Logger.InfoContext(ctx, "starting consul cluster", slog.String("server", c.server.ip), slog.Int("clients", len(c.clients)))
-	for _, a := range c.Agents() {
-		if err := a.start(); err != nil {
+	cfg.Logger.InfoContext(ctx, "starting consul cluster", slog.String("server", c.server.ip), slog.Int("clients", len(c.clients)), slog.Bool("acl", cfg.ACL != nil))
+	ctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
+	defer cancel()
+	if cfg.ACL != nil {
+		if err := c.startACL(ctx); err != nil {
 			c.Stop()
 			return nil, err
 		}
+	} else {
+		for _, a := range c.Agents() {
+			if err := a.start(); err != nil {
+				c.Stop()
+				return nil, err
+			}
+		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
-	defer cancel()
 	if err := c.WaitReady(ctx); err != nil {
 		c.Stop()
 		return nil, err
@@ -220,7 +243,9 @@ func (c *Cluster) Stop() {
 // WaitReady waits until every running agent is alive in the catalog and has
 // its services registered.
 func (c *Cluster) WaitReady(ctx context.Context) error {
-	client, err := api.NewClient(&api.Config{Address: c.HTTPAddr()})
+	// With ACLs on (default deny) only the management token sees every
+	// node and service.
+	client, err := c.apiClient(c.ManagementToken())
 	if err != nil {
 		return err
 	}
@@ -323,8 +348,9 @@ func (a *Agent) configHCL() string {
 		for i, t := range s.Tags {
 			tags[i] = fmt.Sprintf("%q", t)
 		}
-		fmt.Fprintf(&b, "services {\n id = %q\n name = %q\n tags = [%s]\n}\n", id, s.Name, strings.Join(tags, ", "))
+		fmt.Fprintf(&b, "services {\n id = %q\n name = %q\n tags = [%s]\n%s}\n", id, s.Name, strings.Join(tags, ", "), a.serviceTokenHCL())
 	}
+	b.WriteString(a.aclHCL())
 	b.WriteString(a.cfg.ExtraHCL)
 	b.WriteString("\n")
 	return b.String()
