@@ -86,6 +86,13 @@ func cmdTenantCreate(ctx context.Context, args []string, stdout, stderr io.Write
 		}
 		*token = strings.TrimSpace(string(b))
 	}
+	// Stored as text, which cannot hold a NUL or invalid UTF-8; the
+	// messages name the flag, never the secret.
+	for _, f := range []struct{ name, v string }{{"tenant name", name}, {"-consul-token", *token}, {"-datacenter", *dc}} {
+		if err := consul.CheckText(f.name, f.v); err != nil {
+			return err
+		}
+	}
 	t := store.Tenant{
 		Name: name, ConsulAddr: *addr, Datacenter: *dc, ConsulToken: *token, Prefix: *prefix, OutputCap: int64(*outputCap),
 		StartTimeout: *startTimeout,
@@ -138,6 +145,10 @@ func cmdTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	rs, err := parseRoles(*roles)
 	if err != nil {
+		return err
+	}
+	// Stored as text, which cannot hold a NUL or invalid UTF-8.
+	if err := consul.CheckText("-principal", *principal); err != nil {
 		return err
 	}
 	st, err := openStore(ctx, *dbURL)

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -193,8 +194,9 @@ type ErrorBody struct {
 	Code  string `json:"code"`
 }
 
-func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(r.Body)
+// decodeJSON decodes exactly one JSON value with no unknown fields.
+func decodeJSON(r io.Reader, v any) error {
+	dec := json.NewDecoder(r)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var mbe *http.MaxBytesError
@@ -205,6 +207,16 @@ func decode(r *http.Request, v any) error {
 	}
 	if dec.More() {
 		return &service.Error{Kind: service.ErrInvalid, Msg: "malformed JSON body: trailing data"}
+	}
+	return nil
+}
+
+// checkQueryText refuses a query parameter that reaches a text column of
+// the database but could never be in one (a NUL byte, invalid UTF-8):
+// Postgres would fail the query instead of finding nothing.
+func checkQueryText(name, v string) error {
+	if err := consul.CheckText(name, v); err != nil {
+		return invalid("%v", err)
 	}
 	return nil
 }
@@ -245,27 +257,45 @@ func parseDuration(name, s string) (time.Duration, error) {
 	return d, nil
 }
 
-func (s *server) submit(w http.ResponseWriter, r *http.Request, c service.Caller) error {
+// decodeSubmission turns the body of POST /v1/runs into a submission. It
+// checks the JSON and the durations; the service and the engine check the
+// rest. A body too large for the request's MaxBytesReader fails with its
+// *http.MaxBytesError.
+func decodeSubmission(body io.Reader) (service.Submission, error) {
 	var req SubmitRequest
-	if err := decode(r, &req); err != nil {
-		return err
+	if err := decodeJSON(body, &req); err != nil {
+		return service.Submission{}, err
 	}
 	sub := service.Submission{
 		Argv: req.Argv, Script: req.Script, Shell: req.Shell == nil || *req.Shell,
 		NodeFilter: req.Node, ServiceFilter: req.Service, TagFilter: req.Tag, Prefix: req.Prefix,
 		Reason: req.Reason, DryRun: req.DryRun,
 	}
+	// An empty script is no script, as the field's omitempty says: a
+	// client that sends "script": "" beside argv means the command, and
+	// must not be told it gave both.
+	if len(sub.Script) == 0 {
+		sub.Script = nil
+	}
 	var err error
 	if sub.Wait, err = parseDuration("wait", req.Wait); err != nil {
-		return err
+		return service.Submission{}, err
 	}
 	if sub.WaitRepl, err = parseDuration("wait_repl", req.WaitRepl); err != nil {
-		return err
+		return service.Submission{}, err
 	}
 	if sub.Timeout, err = parseDuration("timeout", req.Timeout); err != nil {
-		return err
+		return service.Submission{}, err
 	}
 	if sub.StartTimeout, err = parseDuration("start_timeout", req.StartTimeout); err != nil {
+		return service.Submission{}, err
+	}
+	return sub, nil
+}
+
+func (s *server) submit(w http.ResponseWriter, r *http.Request, c service.Caller) error {
+	sub, err := decodeSubmission(r.Body)
+	if err != nil {
 		return err
 	}
 	res, err := s.cfg.Service.Submit(r.Context(), c, sub)
@@ -286,6 +316,9 @@ func (s *server) submit(w http.ResponseWriter, r *http.Request, c service.Caller
 func (s *server) list(w http.ResponseWriter, r *http.Request, c service.Caller) error {
 	q := r.URL.Query()
 	f := store.ListFilter{State: q.Get("state"), Limit: 50}
+	if err := checkQueryText("state", f.State); err != nil {
+		return err
+	}
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > MaxListLimit {
@@ -346,6 +379,9 @@ func (s *server) output(w http.ResponseWriter, r *http.Request, c service.Caller
 	node := q.Get("node")
 	if node == "" {
 		return invalid("node is required")
+	}
+	if err := checkQueryText("node", node); err != nil {
+		return err
 	}
 	after, limit := -1, 0
 	var err error

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"unicode/utf8"
 )
 
 // eventName is the user event agents treat as a remote-exec request.
@@ -101,25 +102,56 @@ func anchoredFilter(names []string) string {
 	return "^(?:" + strings.Join(quoted, "|") + ")$"
 }
 
+// EventTooLargeError is a pinned event that cannot fit the user event size
+// limit. Node is empty when the prefix and the service and tag filters alone
+// leave no room for any node filter; otherwise it names the node whose name
+// does not fit even in an event of its own.
+type EventTooLargeError struct {
+	Node        string
+	Size, Limit int
+}
+
+func (e *EventTooLargeError) Error() string {
+	if e.Node == "" {
+		return fmt.Sprintf("the prefix and the service and tag filters make a %d-byte user event, over Consul's limit of %d bytes: shorten them",
+			e.Size, e.Limit)
+	}
+	return fmt.Sprintf("node name %q is too long to fit a %d-byte user event with this prefix and these filters (the event naming it alone is %d bytes)",
+		e.Node, e.Limit, e.Size)
+}
+
 // pinnedFilters splits names (sorted, distinct) into as few anchored node
 // filters as fit, each in an event within limit bytes together with payload
 // and the service and tag filters.
 func pinnedFilters(names []string, payload []byte, serviceFilter, tagFilter string, limit int) ([]string, error) {
+	size := func(group []string) int {
+		return userEventSize(eventName, payload, anchoredFilter(group), serviceFilter, tagFilter)
+	}
+	// The shortest pinned filter, naming one empty name: when even that
+	// does not fit, no node name is to blame.
+	if s := size([]string{""}); s > limit {
+		return nil, &EventTooLargeError{Size: s, Limit: limit}
+	}
 	var out []string
 	var group []string
 	for _, n := range names {
+		// Agents compile the filter with Go's regexp, which refuses
+		// invalid UTF-8 even when quoted.
+		if !utf8.ValidString(n) {
+			return nil, &TextError{Field: fmt.Sprintf("node name %q", n), Problem: "is not valid UTF-8: no node filter can name it"}
+		}
 		try := append(group, n)
-		if userEventSize(eventName, payload, anchoredFilter(try), serviceFilter, tagFilter) <= limit {
+		if size(try) <= limit {
 			group = try
 			continue
 		}
 		if len(group) == 0 {
-			return nil, fmt.Errorf("node name %q is too long to fit a %d-byte user event with this prefix and filters", n, limit)
+			return nil, &EventTooLargeError{Node: n, Size: size(try), Limit: limit}
 		}
 		out = append(out, anchoredFilter(group))
 		group = []string{n}
-		if userEventSize(eventName, payload, anchoredFilter(group), serviceFilter, tagFilter) > limit {
-			return nil, fmt.Errorf("node name %q is too long to fit a %d-byte user event with this prefix and filters", n, limit)
+		if s := size(group); s > limit {
+			return nil, &EventTooLargeError{Node: n, Size: s, Limit: limit}
 		}
 	}
 	if len(group) > 0 {

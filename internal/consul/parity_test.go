@@ -191,6 +191,8 @@ func TestValidation(t *testing.T) {
 	web1 := []consul.Node{{Name: "web-1"}}
 	var tooLarge *consul.SpecTooLargeError
 	var badFilter *consul.FilterError
+	var badText *consul.TextError
+	var badEvent *consul.EventTooLargeError
 	for _, tc := range []struct {
 		note    string
 		spec    consul.Spec
@@ -211,6 +213,8 @@ func TestValidation(t *testing.T) {
 		{note: "prefix with ..", spec: consul.Spec{Argv: []string{"true"}, Prefix: "_rexec/../secrets"}, msg: "must not contain"},
 		{note: "no targets", spec: consul.Spec{Argv: []string{"true"}}, targets: []consul.Node{}, is: consul.ErrNoTargets},
 		{note: "duplicate target", spec: consul.Spec{Argv: []string{"true"}}, targets: []consul.Node{{Name: "a"}, {Name: "a"}}, msg: "duplicate target"},
+		{note: "NUL in argv", spec: consul.Spec{Argv: []string{"echo", "a\x00"}}, as: &badText, msg: "argv[1] contains a NUL byte"},
+		{note: "service filter leaving no room for a node filter", spec: consul.Spec{Argv: []string{"true"}, ServiceFilter: strings.Repeat("s", 500)}, targets: web1, as: &badEvent, msg: "shorten them"},
 		{note: "node name too long for an event", spec: consul.Spec{Argv: []string{"true"}}, targets: []consul.Node{{Name: strings.Repeat("n", 500)}}, msg: "too long to fit"},
 	} {
 		t.Run(tc.note, func(t *testing.T) {
@@ -238,6 +242,10 @@ func TestValidation(t *testing.T) {
 			}
 			if tc.spec.WithDefaults().Validate(0) == nil && tc.targets == nil {
 				t.Errorf("Validate accepted what Prepare refused")
+			}
+			// Submission relies on CheckPlan to refuse all of it up front.
+			if perr := b.client.CheckPlan(tc.spec, targets); perr == nil || perr.Error() != err.Error() {
+				t.Errorf("CheckPlan = %v, want Prepare's %v", perr, err)
 			}
 		})
 	}

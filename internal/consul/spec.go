@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Validation errors. Callers branch on them with errors.Is / errors.As to
@@ -30,6 +31,31 @@ func (e *FilterError) Error() string {
 }
 
 func (e *FilterError) Unwrap() error { return e.Err }
+
+// TextError is a text field that cannot be carried as given: it holds a NUL
+// byte or is not valid UTF-8.
+type TextError struct {
+	Field   string // "argv[1]", "node filter", "prefix", ...
+	Problem string // "contains a NUL byte" or "is not valid UTF-8"
+}
+
+func (e *TextError) Error() string { return e.Field + " " + e.Problem }
+
+// CheckText refuses a NUL byte or invalid UTF-8 in s, naming field. JSON,
+// which carries the job spec and the event payload, would turn invalid
+// UTF-8 into U+FFFD, so an agent would run or match something else than
+// asked; and a NUL cannot be in a command line at all (execve and sh -c
+// stop at it), which is where `consul exec` takes every one of these. A
+// filter that must match a NUL can say \x00.
+func CheckText(field, s string) error {
+	switch {
+	case strings.IndexByte(s, 0) >= 0:
+		return &TextError{Field: field, Problem: "contains a NUL byte"}
+	case !utf8.ValidString(s):
+		return &TextError{Field: field, Problem: "is not valid UTF-8"}
+	}
+	return nil
+}
 
 // SpecTooLargeError is a job spec that Consul's KV store would refuse.
 type SpecTooLargeError struct {
@@ -130,9 +156,22 @@ func (s Spec) Validate(kvLimit int) error {
 	} else if strings.TrimSpace(strings.Join(s.Argv, "")) == "" {
 		return ErrNoCommand
 	}
+	for i, a := range s.Argv {
+		if err := CheckText(fmt.Sprintf("argv[%d]", i), a); err != nil {
+			return err
+		}
+	}
+	// Without a shell the agent execs argv[0] as it is: an empty one can
+	// only fail on every node (exit 255), so refuse it now.
+	if s.Script == nil && s.NoShell && s.Argv[0] == "" {
+		return errors.New("-shell=false needs a program name as the first word of the command")
+	}
 	for _, f := range []struct{ name, expr string }{
 		{"node", s.NodeFilter}, {"service", s.ServiceFilter}, {"tag", s.TagFilter},
 	} {
+		if err := CheckText(f.name+" filter", f.expr); err != nil {
+			return err
+		}
 		if _, err := regexp.Compile(f.expr); err != nil {
 			return &FilterError{Filter: f.name, Expr: f.expr, Err: err}
 		}
@@ -160,6 +199,9 @@ func (s Spec) Validate(kvLimit int) error {
 }
 
 func validatePrefix(p string) error {
+	if err := CheckText("prefix", p); err != nil {
+		return err
+	}
 	switch {
 	case p == "":
 		return errors.New("prefix must not be empty")

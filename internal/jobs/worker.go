@@ -158,6 +158,12 @@ func (e *execution) carryOut(jobCtx context.Context) error {
 
 	var r *consul.Run
 	if e.run.FiringAt == nil {
+		// What the engine refuses without asking Consul no retry can fix:
+		// fail now rather than retry with backoff for days. Submission
+		// refuses such runs; this catches those stored before it did.
+		if err := client.CheckPlan(spec, targets); err != nil {
+			return e.close(jobCtx, nil, nil, store.StateFailed, "", err.Error())
+		}
 		// Never fired: prepare afresh. The session of an earlier attempt
 		// that stopped short of firing is discarded.
 		e.discardUnfired(jobCtx)
@@ -305,9 +311,12 @@ func (e *execution) notStarted(jobCtx, ectx context.Context, err error) error {
 func permanent(err error) bool {
 	var tooLarge *consul.SpecTooLargeError
 	var filterErr *consul.FilterError
+	var eventErr *consul.EventTooLargeError
+	var textErr *consul.TextError
 	var se api.StatusError
 	switch {
 	case errors.As(err, &tooLarge), errors.As(err, &filterErr), errors.Is(err, consul.ErrNoTargets),
+		errors.As(err, &eventErr), errors.As(err, &textErr),
 		errors.Is(err, consul.ErrNoCommand), errors.Is(err, consul.ErrScriptWithNoShell), errors.Is(err, consul.ErrTagWithoutService):
 		return true
 	case errors.As(err, &se):

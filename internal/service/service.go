@@ -144,40 +144,30 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 	if !c.Principal.Has(store.RoleSubmitter, store.RoleAdmin) {
 		return Submitted{}, errorf(ErrForbidden, "principal %q may not submit runs (needs the submitter role)", c.Principal.Name)
 	}
-	spec := consul.Spec{
-		Argv: sub.Argv, Script: sub.Script, NoShell: !sub.Shell,
-		NodeFilter: sub.NodeFilter, ServiceFilter: sub.ServiceFilter, TagFilter: sub.TagFilter,
-		Prefix: sub.Prefix, Wait: sub.Wait, WaitRepl: sub.WaitRepl,
-	}
-	if spec.Prefix == "" {
-		spec.Prefix = c.Tenant.Prefix
-	}
-	spec = spec.WithDefaults()
-	if err := checkPrefix(spec.Prefix, c.Tenant.Prefix); err != nil {
+	spec, err := sub.Spec(c.Tenant.Prefix)
+	if err != nil {
 		return Submitted{}, err
-	}
-	switch {
-	case sub.Wait < 0 || sub.Wait > MaxWait:
-		return Submitted{}, errorf(ErrInvalid, "wait must be between 0 and %s", MaxWait)
-	case sub.WaitRepl < 0 || sub.WaitRepl > MaxWait:
-		return Submitted{}, errorf(ErrInvalid, "wait-repl must be between 0 and %s", MaxWait)
-	case sub.Timeout < 0 || sub.Timeout > MaxTimeout:
-		return Submitted{}, errorf(ErrInvalid, "timeout must be between 0 and %s", MaxTimeout)
-	case sub.StartTimeout < 0 || sub.StartTimeout > MaxStartTimeout:
-		return Submitted{}, errorf(ErrInvalid, "start timeout must be between 0 and %s", MaxStartTimeout)
-	case len(sub.Reason) > MaxReason:
-		return Submitted{}, errorf(ErrInvalid, "reason is longer than %d bytes", MaxReason)
 	}
 	client, err := s.consulClient(c.Tenant)
 	if err != nil {
 		return Submitted{}, errorf(ErrInvalid, "tenant's Consul configuration: %v", err)
 	}
-	if err := spec.Validate(0); err != nil {
-		return Submitted{}, validationError(err)
+	// Refuse a bad spec before asking the catalog, with the limits the
+	// worker's engine will apply.
+	if err := client.CheckSpec(spec); err != nil {
+		return Submitted{}, planError(err)
 	}
 	targets, err := client.Resolve(ctx, spec)
 	if err != nil {
 		return Submitted{}, resolveError(err)
+	}
+	if err := checkTargets(targets); err != nil {
+		return Submitted{}, err
+	}
+	// Whatever the engine can refuse once the targets are known (an event
+	// that cannot fit) is refused now, not by the worker after storing.
+	if err := client.CheckPlan(spec, targets); err != nil {
+		return Submitted{}, planError(err)
 	}
 	names := make([]string, len(targets))
 	for i, t := range targets {
@@ -227,6 +217,68 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 	return Submitted{Run: run, Targets: targets}, nil
 }
 
+// Spec checks sub as far as it can be without the tenant's Consul and
+// returns the engine's spec for it, with the tenant's prefix by default. The
+// engine checks the spec itself (argv, filters, prefix, sizes) with
+// consul.Client.CheckSpec and CheckPlan.
+func (sub Submission) Spec(tenantPrefix string) (consul.Spec, error) {
+	spec := consul.Spec{
+		Argv: sub.Argv, Script: sub.Script, NoShell: !sub.Shell,
+		NodeFilter: sub.NodeFilter, ServiceFilter: sub.ServiceFilter, TagFilter: sub.TagFilter,
+		Prefix: sub.Prefix, Wait: sub.Wait, WaitRepl: sub.WaitRepl,
+	}
+	if spec.Prefix == "" {
+		spec.Prefix = tenantPrefix
+	}
+	spec = spec.WithDefaults()
+	// A prefix the engine refuses as text is a bad request (400) before it
+	// is a forbidden one.
+	if err := consul.CheckText("prefix", spec.Prefix); err != nil {
+		return consul.Spec{}, errorf(ErrInvalid, "%v", err)
+	}
+	if err := checkPrefix(spec.Prefix, tenantPrefix); err != nil {
+		return consul.Spec{}, err
+	}
+	switch {
+	case sub.Wait < 0 || sub.Wait > MaxWait:
+		return consul.Spec{}, errorf(ErrInvalid, "wait must be between 0 and %s", MaxWait)
+	case sub.WaitRepl < 0 || sub.WaitRepl > MaxWait:
+		return consul.Spec{}, errorf(ErrInvalid, "wait-repl must be between 0 and %s", MaxWait)
+	case sub.Timeout < 0 || sub.Timeout > MaxTimeout:
+		return consul.Spec{}, errorf(ErrInvalid, "timeout must be between 0 and %s", MaxTimeout)
+	case sub.StartTimeout < 0 || sub.StartTimeout > MaxStartTimeout:
+		return consul.Spec{}, errorf(ErrInvalid, "start timeout must be between 0 and %s", MaxStartTimeout)
+	case len(sub.Reason) > MaxReason:
+		return consul.Spec{}, errorf(ErrInvalid, "reason is longer than %d bytes", MaxReason)
+	}
+	// The reason is stored as text, which Postgres refuses to hold a NUL
+	// or invalid UTF-8 in; the engine never sees it.
+	if err := consul.CheckText("reason", sub.Reason); err != nil {
+		return consul.Spec{}, errorf(ErrInvalid, "%v", err)
+	}
+	return spec, nil
+}
+
+// checkTargets refuses a target set that cannot be stored: node names,
+// addresses, service IDs and names and tags are stored as text and JSON,
+// which cannot hold a NUL or invalid UTF-8. Consul normally never hands
+// out such names, but the catalog accepts registrations of any string.
+func checkTargets(targets []consul.Node) error {
+	for _, n := range targets {
+		fields := []string{n.Name, n.Address}
+		for _, svc := range n.Services {
+			fields = append(fields, svc.ID, svc.Name)
+			fields = append(fields, svc.Tags...)
+		}
+		for _, f := range fields {
+			if err := consul.CheckText("a name in the catalog", f); err != nil {
+				return errorf(ErrUnprocessable, "node %q cannot be targeted: %v", n.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
 // checkPrefix refuses a prefix outside the tenant's: Consul ACLs written for
 // the tenant's prefix would not cover it (hashicorp/consul#1238).
 func checkPrefix(p, tenant string) error {
@@ -236,11 +288,19 @@ func checkPrefix(p, tenant string) error {
 	return errorf(ErrForbidden, "prefix %q is outside the tenant's prefix %q", p, tenant)
 }
 
-// validationError maps an engine validation error to its kind.
-func validationError(err error) error {
+// planError maps an error of the engine's checks of a spec and its targets
+// to its kind: a request that is too large for Consul is 413; a target that
+// cannot be pinned (a node name too long for an event of its own) is 422,
+// as is a filter that matches nothing; everything else is the request's
+// fault, 400.
+func planError(err error) error {
 	var tooLarge *consul.SpecTooLargeError
-	if errors.As(err, &tooLarge) {
+	var event *consul.EventTooLargeError
+	switch {
+	case errors.As(err, &tooLarge), errors.As(err, &event) && event.Node == "":
 		return errorf(ErrTooLarge, "%v", err)
+	case errors.As(err, &event), errors.Is(err, consul.ErrNoTargets):
+		return errorf(ErrUnprocessable, "%v", err)
 	}
 	return errorf(ErrInvalid, "%v", err)
 }

@@ -16,6 +16,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -62,6 +63,14 @@ func Main(m *testing.M, opts Options) {
 // Run is Main for a TestMain that has its own clean-up to do before it
 // exits: it returns the exit code instead of exiting.
 func Run(m *testing.M, opts Options) int {
+	// A `go test -fuzz` worker process runs nothing but inputs of one fuzz
+	// target, and fuzz targets here are pure logic: a Postgres and a
+	// Consul cluster per worker would only cost a gigabyte and a minute
+	// each. The coordinating process still starts them for its tests.
+	flag.Parse()
+	if f := flag.Lookup("test.fuzzworker"); f != nil && f.Value.String() == "true" {
+		return m.Run()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	var stops []func()
