@@ -60,6 +60,9 @@ type Run struct {
 	FiringAt *time.Time
 	// StartTimeout, on insert, sets StartBy to the submission time plus it.
 	StartTimeout time.Duration
+	// ApprovalTTL, on insert of a run pending approval, sets
+	// ApprovalExpiresAt to the submission time plus it.
+	ApprovalTTL time.Duration
 	// StartBy is when a run that has not fired gives up: it fails rather
 	// than fire late.
 	StartBy time.Time
@@ -69,6 +72,15 @@ type Run struct {
 	// Recoveries counts the times a worker picked the run up again after
 	// its previous worker went away.
 	Recoveries int
+	// Authorization: the policy's decision at submission.
+	Policy PolicyDecision
+	// RequestHash is RequestHash(run) as stored at submission; approvals
+	// bind to it.
+	RequestHash string
+	// ApprovalExpiresAt is when a run pending approval expires.
+	ApprovalExpiresAt *time.Time
+	// Preflight is the Consul ACL preflight at submission, as JSON.
+	Preflight  json.RawMessage
 	Outcome    string
 	Error      string
 	CreatedAt  time.Time
@@ -80,26 +92,42 @@ type Run struct {
 const runColumns = `r.id, r.tenant_id, r.submitted_by, p.name, r.state, r.argv, r.script, r.shell,
 	r.node_filter, r.service_filter, r.tag_filter, r.prefix, r.wait_ms, r.wait_repl_ms, r.timeout_ms,
 	r.reason, r.output_cap, r.targets, coalesce(r.session, ''), r.firing_at, r.start_by, r.cancel_requested_at IS NOT NULL, r.recoveries, coalesce(r.outcome, ''), coalesce(r.error, ''),
-	r.created_at, r.started_at, r.fired_at, r.finished_at`
+	r.created_at, r.started_at, r.fired_at, r.finished_at, r.start_timeout_ms, r.request_hash,
+	r.policy_outcome, r.policy_reasons, r.policy_revision, r.approvals_required, r.approver_roles,
+	r.approval_expires_at, r.preflight`
 
 func scanRun(row interface{ Scan(...any) error }) (Run, error) {
 	var r Run
-	var wait, waitRepl, timeout int64
+	var wait, waitRepl, timeout, startTimeout int64
 	err := row.Scan(&r.ID, &r.TenantID, &r.SubmittedBy, &r.SubmitterName, &r.State, &r.Argv, &r.Script, &r.Shell,
 		&r.NodeFilter, &r.ServiceFilter, &r.TagFilter, &r.Prefix, &wait, &waitRepl, &timeout,
 		&r.Reason, &r.OutputCap, &r.Targets, &r.Session, &r.FiringAt, &r.StartBy, &r.CancelRequested, &r.Recoveries, &r.Outcome, &r.Error,
-		&r.CreatedAt, &r.StartedAt, &r.FiredAt, &r.FinishedAt)
+		&r.CreatedAt, &r.StartedAt, &r.FiredAt, &r.FinishedAt, &startTimeout, &r.RequestHash,
+		&r.Policy.Outcome, &r.Policy.Reasons, &r.Policy.Revision, &r.Policy.Approvals, &r.Policy.ApproverRoles,
+		&r.ApprovalExpiresAt, &r.Preflight)
 	r.Wait, r.WaitRepl, r.Timeout = time.Duration(wait)*time.Millisecond, time.Duration(waitRepl)*time.Millisecond, time.Duration(timeout)*time.Millisecond
+	r.StartTimeout = time.Duration(startTimeout) * time.Millisecond
 	return r, err
 }
 
 const queryInsertRun = `
 INSERT INTO runs (tenant_id, submitted_by, state, argv, script, shell, node_filter, service_filter, tag_filter,
-	prefix, wait_ms, wait_repl_ms, timeout_ms, reason, output_cap, targets, start_by)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, now() + $17 * interval '1 millisecond')
+	prefix, wait_ms, wait_repl_ms, timeout_ms, reason, output_cap, targets, start_by, start_timeout_ms,
+	request_hash, policy_outcome, policy_reasons, policy_revision, approvals_required, approver_roles,
+	approval_expires_at, preflight)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, now() + $17 * interval '1 millisecond', $17,
+	$18, $19, $20, $21, $22, $23, CASE WHEN $3 = 'pending_approval' THEN now() + $24 * interval '1 millisecond' END, $25)
 RETURNING id`
 
 const queryInsertRunNode = `INSERT INTO run_nodes (run_id, node) SELECT $1, unnest($2::text[])`
+
+// jsonObject is raw, or an empty object for nothing.
+func jsonObject(raw json.RawMessage) json.RawMessage {
+	if len(raw) == 0 {
+		return json.RawMessage("{}")
+	}
+	return raw
+}
 
 // InsertRun stores a new run with one pending row per target node and
 // returns it with its ID.
@@ -107,9 +135,13 @@ func (q *Queries) InsertRun(ctx context.Context, r Run, nodes []string) (Run, er
 	if r.Argv == nil {
 		r.Argv = []string{}
 	}
+	// The hash is of the request as it will be read back.
+	r.StartTimeout = cmp.Or(r.StartTimeout, StartTimeoutDefault)
 	err := q.db.QueryRow(ctx, queryInsertRun, r.TenantID, r.SubmittedBy, r.State, r.Argv, r.Script, r.Shell,
 		r.NodeFilter, r.ServiceFilter, r.TagFilter, r.Prefix, r.Wait.Milliseconds(), r.WaitRepl.Milliseconds(),
-		r.Timeout.Milliseconds(), r.Reason, r.OutputCap, r.Targets, cmp.Or(r.StartTimeout, StartTimeoutDefault).Milliseconds()).Scan(&r.ID)
+		r.Timeout.Milliseconds(), r.Reason, r.OutputCap, r.Targets, cmp.Or(r.StartTimeout, StartTimeoutDefault).Milliseconds(),
+		RequestHash(r), cmp.Or(r.Policy.Outcome, PolicyAllow), nonNil(r.Policy.Reasons), r.Policy.Revision, r.Policy.Approvals,
+		nonNil(r.Policy.ApproverRoles), cmp.Or(r.ApprovalTTL, ApprovalTTLDefault).Milliseconds(), jsonObject(r.Preflight)).Scan(&r.ID)
 	if err != nil {
 		return Run{}, fmt.Errorf("insert run: %w", err)
 	}

@@ -35,30 +35,44 @@ type Tenant struct {
 	// StartTimeout bounds how long a run may wait to start (queue,
 	// approval, recovery before firing). Zero means StartTimeoutDefault.
 	StartTimeout time.Duration
-	CreatedAt    time.Time
+	// ApprovalTTL bounds how long a run waits for approval before it
+	// expires. Zero means ApprovalTTLDefault.
+	ApprovalTTL time.Duration
+	// TimeZone is the tenant's IANA time zone (policies about working
+	// hours). Default: UTC.
+	TimeZone string
+	// WebhookURL and WebhookSecret tell approvers of runs that need them.
+	// Both are secrets: never logged or returned.
+	WebhookURL    string
+	WebhookSecret string
+	CreatedAt     time.Time
 }
 
 // StartTimeoutDefault is a tenant's default start bound.
 const StartTimeoutDefault = 15 * time.Minute
 
-const tenantColumns = `id, name, consul_addr, consul_datacenter, consul_token, consul_tls, prefix, output_cap, start_timeout_ms, created_at`
+const tenantColumns = `id, name, consul_addr, consul_datacenter, consul_token, consul_tls, prefix, output_cap, start_timeout_ms, approval_ttl_ms, time_zone, webhook_url, webhook_secret, created_at`
 
 func scanTenant(row interface{ Scan(...any) error }) (Tenant, error) {
 	var t Tenant
-	var startMS int64
-	err := row.Scan(&t.ID, &t.Name, &t.ConsulAddr, &t.Datacenter, &t.ConsulToken, &t.TLS, &t.Prefix, &t.OutputCap, &startMS, &t.CreatedAt)
+	var startMS, approvalMS int64
+	err := row.Scan(&t.ID, &t.Name, &t.ConsulAddr, &t.Datacenter, &t.ConsulToken, &t.TLS, &t.Prefix, &t.OutputCap, &startMS,
+		&approvalMS, &t.TimeZone, &t.WebhookURL, &t.WebhookSecret, &t.CreatedAt)
 	t.StartTimeout = time.Duration(startMS) * time.Millisecond
+	t.ApprovalTTL = time.Duration(approvalMS) * time.Millisecond
 	return t, err
 }
 
 const queryCreateTenant = `
-INSERT INTO tenants (name, consul_addr, consul_datacenter, consul_token, consul_tls, prefix, output_cap, start_timeout_ms)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+INSERT INTO tenants (name, consul_addr, consul_datacenter, consul_token, consul_tls, prefix, output_cap, start_timeout_ms,
+	approval_ttl_ms, time_zone, webhook_url, webhook_secret)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 RETURNING ` + tenantColumns
 
 // CreateTenant inserts t; ErrExists if the name is taken.
 func (q *Queries) CreateTenant(ctx context.Context, t Tenant) (Tenant, error) {
-	out, err := scanTenant(q.db.QueryRow(ctx, queryCreateTenant, t.Name, t.ConsulAddr, t.Datacenter, t.ConsulToken, t.TLS, t.Prefix, t.OutputCap, cmp.Or(t.StartTimeout, StartTimeoutDefault).Milliseconds()))
+	out, err := scanTenant(q.db.QueryRow(ctx, queryCreateTenant, t.Name, t.ConsulAddr, t.Datacenter, t.ConsulToken, t.TLS, t.Prefix, t.OutputCap, cmp.Or(t.StartTimeout, StartTimeoutDefault).Milliseconds(),
+		cmp.Or(t.ApprovalTTL, ApprovalTTLDefault).Milliseconds(), cmp.Or(t.TimeZone, "UTC"), t.WebhookURL, t.WebhookSecret))
 	if isUniqueViolation(err) {
 		return Tenant{}, fmt.Errorf("tenant %q: %w", t.Name, ErrExists)
 	}
@@ -191,7 +205,7 @@ JOIN principals p ON p.id = k.principal_id
 JOIN tenants t ON t.id = p.tenant_id
 WHERE k.token_hash = $1 AND k.revoked_at IS NULL`
 
-const tenantColumnsT = `t.id, t.name, t.consul_addr, t.consul_datacenter, t.consul_token, t.consul_tls, t.prefix, t.output_cap, t.start_timeout_ms, t.created_at`
+const tenantColumnsT = `t.id, t.name, t.consul_addr, t.consul_datacenter, t.consul_token, t.consul_tls, t.prefix, t.output_cap, t.start_timeout_ms, t.approval_ttl_ms, t.time_zone, t.webhook_url, t.webhook_secret, t.created_at`
 
 // Authenticate returns the principal and tenant of a live token, or
 // ErrNotFound.
@@ -201,12 +215,14 @@ func (q *Queries) Authenticate(ctx context.Context, token string) (Principal, Te
 	}
 	var p Principal
 	var t Tenant
-	var startMS int64
+	var startMS, approvalMS int64
 	err := q.db.QueryRow(ctx, queryAuthenticate, HashToken(token)).Scan(&p.ID, &p.TenantID, &p.Name, &p.Roles,
-		&t.ID, &t.Name, &t.ConsulAddr, &t.Datacenter, &t.ConsulToken, &t.TLS, &t.Prefix, &t.OutputCap, &startMS, &t.CreatedAt)
+		&t.ID, &t.Name, &t.ConsulAddr, &t.Datacenter, &t.ConsulToken, &t.TLS, &t.Prefix, &t.OutputCap, &startMS,
+		&approvalMS, &t.TimeZone, &t.WebhookURL, &t.WebhookSecret, &t.CreatedAt)
 	if err != nil {
 		return Principal{}, Tenant{}, notFound(err)
 	}
 	t.StartTimeout = time.Duration(startMS) * time.Millisecond
+	t.ApprovalTTL = time.Duration(approvalMS) * time.Millisecond
 	return p, t, nil
 }
