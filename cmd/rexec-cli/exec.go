@@ -88,12 +88,53 @@ func cmdExec(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	if *verbose {
 		fmt.Fprintf(stderr, "==> run %s submitted to %d node(s)\n", run.ID, run.TargetCount)
 	}
+	if run.State == "pending_approval" {
+		printPending(stderr, run)
+	}
 	return follow(ctx, c, run.ID, followOpts{print: !*asJSON, asJSON: *asJSON, stdout: stdout, stderr: stderr, verbose: *verbose})
+}
+
+// printPending says what a run waits for and how to approve it.
+func printPending(w io.Writer, run api.Run) {
+	p := run.Policy
+	if p == nil {
+		return
+	}
+	fmt.Fprintf(w, "==> run %s waits for %d approval(s) from %s", run.ID, p.Approvals, strings.Join(p.ApproverRoles, " or "))
+	if run.ApprovalExpiresAt != nil {
+		fmt.Fprintf(w, " until %s", run.ApprovalExpiresAt.Local().Format(time.DateTime))
+	}
+	fmt.Fprintln(w)
+	for _, r := range p.Reasons {
+		fmt.Fprintf(w, "    %s\n", r)
+	}
+	fmt.Fprintf(w, "==> an approver runs: rexec-cli approve %s\n", run.ID)
+}
+
+// policyLine says in one line what the policy decided.
+func policyLine(p *api.Policy) string {
+	if p == nil {
+		return ""
+	}
+	s := p.Outcome
+	if p.Outcome == "require_approval" {
+		s = fmt.Sprintf("approval needed: %d from %s", p.Approvals, strings.Join(p.ApproverRoles, " or "))
+	}
+	if len(p.Reasons) > 0 {
+		s += " (" + strings.Join(p.Reasons, "; ") + ")"
+	}
+	if p.Revision != "" {
+		s += " [policy " + p.Revision + "]"
+	}
+	return s
 }
 
 func printDryRun(w io.Writer, run api.Run, asJSON bool) error {
 	if asJSON {
 		return writeJSON(w, run)
+	}
+	if line := policyLine(run.Policy); line != "" {
+		fmt.Fprintf(w, "policy: %s\n", line)
 	}
 	fmt.Fprintf(w, "%d node(s) would run it:\n", len(run.Targets))
 	for _, n := range run.Targets {

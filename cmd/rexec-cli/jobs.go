@@ -84,11 +84,15 @@ func cmdJobs(ctx context.Context, sub string, args []string, stdout, stderr io.W
 			{"ID", run.ID}, {"State", run.State}, {"Submitted by", run.SubmittedBy},
 			{"Created", run.CreatedAt.Local().Format(time.RFC3339)}, {"Command", commandOf(run.Argv, run.ScriptBytes)},
 			{"Shell", fmt.Sprint(run.Shell)}, {"Filters", fmt.Sprintf("node=%q service=%q tag=%q", run.Node, run.Service, run.Tag)},
-			{"Reason", run.Reason}, {"Outcome", run.Outcome}, {"Error", run.Error},
+			{"Reason", run.Reason}, {"Policy", policyLine(run.Policy)}, {"Request hash", run.RequestHash},
+			{"Outcome", run.Outcome}, {"Error", run.Error},
 		} {
 			if kv[1] != "" {
 				fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
 			}
+		}
+		for _, a := range run.Approvals {
+			fmt.Fprintf(tw, "%s:\t%s %s %q\n", strings.ToUpper(a.Verdict[:1])+a.Verdict[1:]+"d by", a.Principal, a.At.Local().Format(time.DateTime), a.Comment)
 		}
 		tw.Flush()
 		fmt.Fprintln(stdout)

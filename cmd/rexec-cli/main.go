@@ -24,6 +24,8 @@ Commands:
   jobs logs ID [-node N]          print a run's archived output
   jobs wait ID                    wait for a run to end; exit as exec would have
   jobs cancel ID                  cancel a run
+  approve ID [-comment C]         approve a run pending approval
+  deny ID [-comment C]            refuse a run pending approval (it ends denied)
 
 The server and token come from -addr and -token, or REXEC_ADDR and REXEC_TOKEN.
 Exit codes: 0 every expected node exited 0; 2 some node exited non-zero, was lost,
@@ -70,6 +72,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			return exitError(1)
 		}
 		return cmdJobs(ctx, args[1], args[2:], stdout, stderr)
+	case "approve", "deny":
+		return cmdVerdict(ctx, args[0] == "approve", args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -50,6 +51,10 @@ func cmdTenantCreate(ctx context.Context, args []string, stdout, stderr io.Write
 	prefix := fs.String("prefix", "REXEC_CONSUL_PREFIX", consul.PrefixDefault, "KV prefix; runs may use it or a prefix under it")
 	outputCap := fs.Int("output-cap", "REXEC_OUTPUT_CAP", 1<<20, "bytes of output archived per node")
 	startTimeout := fs.Duration("start-timeout", "REXEC_START_TIMEOUT", store.StartTimeoutDefault, "a run not started this long after submission fails instead of firing late; runs may set their own")
+	approvalTTL := fs.Duration("approval-ttl", "REXEC_APPROVAL_TTL", store.ApprovalTTLDefault, "a run pending approval this long expires")
+	timeZone := fs.String("time-zone", "REXEC_TIME_ZONE", "UTC", "the tenant's IANA time zone, for policies about working hours")
+	webhookURL := fs.String("webhook-url", "REXEC_WEBHOOK_URL", "", "URL told of runs needing approval (a Slack incoming webhook works); a secret")
+	webhookSecretFile := fs.String("webhook-secret-file", "REXEC_WEBHOOK_SECRET_FILE", "", "file holding the HMAC-SHA256 key that signs webhook deliveries")
 	caFile := fs.String("consul-ca-file", "REXEC_CONSUL_CACERT", "", "CA bundle for HTTPS to Consul")
 	certFile := fs.String("consul-cert-file", "REXEC_CONSUL_CLIENT_CERT", "", "client certificate for HTTPS to Consul")
 	keyFile := fs.String("consul-key-file", "REXEC_CONSUL_CLIENT_KEY", "", "client key for HTTPS to Consul")
@@ -78,6 +83,26 @@ func cmdTenantCreate(ctx context.Context, args []string, stdout, stderr io.Write
 		return errors.New("-output-cap must be positive")
 	case *startTimeout < time.Second || *startTimeout > 7*24*time.Hour:
 		return errors.New("-start-timeout must be between 1s and 168h")
+	case *approvalTTL < time.Second || *approvalTTL > 30*24*time.Hour:
+		return errors.New("-approval-ttl must be between 1s and 720h")
+	}
+	if _, err := time.LoadLocation(*timeZone); err != nil || *timeZone == "" || *timeZone == "Local" {
+		return fmt.Errorf("-time-zone %q is not an IANA time zone", *timeZone)
+	}
+	if *webhookURL != "" {
+		u, err := url.Parse(*webhookURL)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			// The URL is a secret (a Slack webhook URL is a credential): never echo it.
+			return errors.New("-webhook-url must be an http or https URL")
+		}
+	}
+	var webhookSecret string
+	if *webhookSecretFile != "" {
+		b, err := os.ReadFile(*webhookSecretFile)
+		if err != nil {
+			return fmt.Errorf("read -webhook-secret-file: %w", err)
+		}
+		webhookSecret = strings.TrimSpace(string(b))
 	}
 	if *tokenFile != "" {
 		b, err := os.ReadFile(*tokenFile)
@@ -95,8 +120,9 @@ func cmdTenantCreate(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	t := store.Tenant{
 		Name: name, ConsulAddr: *addr, Datacenter: *dc, ConsulToken: *token, Prefix: *prefix, OutputCap: int64(*outputCap),
-		StartTimeout: *startTimeout,
-		TLS:          store.TLS{CAFile: *caFile, CertFile: *certFile, KeyFile: *keyFile, ServerName: *serverName},
+		StartTimeout: *startTimeout, ApprovalTTL: *approvalTTL, TimeZone: *timeZone,
+		WebhookURL: *webhookURL, WebhookSecret: webhookSecret,
+		TLS: store.TLS{CAFile: *caFile, CertFile: *certFile, KeyFile: *keyFile, ServerName: *serverName},
 	}
 	// The engine validates what it can of the connection before anything is stored.
 	if _, err := consul.New(jobs.ConsulConfig(t)); err != nil {

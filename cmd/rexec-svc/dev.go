@@ -65,7 +65,11 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	return serve(ctx, st, log, serveOptions{listener: l, workers: 4, workerID: "dev", ready: func(addr string) {
+	pol, err := loadPolicy(ctx, st, log, "")
+	if err != nil {
+		return err
+	}
+	return serve(ctx, st, log, serveOptions{listener: l, workers: 4, workerID: "dev", policy: pol, ready: func(addr string) {
 		fmt.Fprintf(stderr, "==> rexec is running: tenant dev, Consul nodes %v, database %s\n", cluster.Names(), pg.URL("postgres"))
 		fmt.Fprintln(stderr, "==> paste these lines, then try: rexec-cli exec uptime   (Ctrl-C stops everything)")
 		fmt.Fprintf(stdout, "export REXEC_ADDR=http://%s\nexport REXEC_TOKEN=%s\nexport CONSUL_HTTP_ADDR=%s\n", addr, token, cluster.Agent("web-1").HTTPAddr())

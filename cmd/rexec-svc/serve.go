@@ -13,6 +13,7 @@ import (
 
 	"github.com/rexec/rexec/internal/api"
 	"github.com/rexec/rexec/internal/jobs"
+	"github.com/rexec/rexec/internal/policy"
 	"github.com/rexec/rexec/internal/service"
 	"github.com/rexec/rexec/internal/store"
 )
@@ -33,6 +34,10 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, withAPI bool
 	leaseTTL := fs.Duration("lease-ttl", "REXEC_LEASE_TTL", jobs.LeaseTTLDefault, "how long a worker's claim on a run holds without renewal; a dead worker's runs are recovered after it")
 	sessionTTL := fs.Duration("session-ttl", "REXEC_SESSION_TTL", 0, "TTL of runs' Consul sessions: how long the agents' unread output outlives a dead worker (default: 60s, or six lease TTLs if more)")
 	requeueAfter := fs.Duration("requeue-after", "REXEC_REQUEUE_AFTER", jobs.RequeueAfterDefault, "a run queued this long is checked for a live job and re-queued without one")
+	var policyDir *string
+	if withAPI {
+		policyDir = fs.String("policy-dir", "REXEC_POLICY_DIR", "", "directory of Rego policies replacing the embedded default; SIGHUP reloads it")
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -59,6 +64,10 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, withAPI bool
 	}
 	opts := serveOptions{workers: *workers, workerID: *workerID, leaseTTL: *leaseTTL, sessionTTL: *sessionTTL, requeueAfter: *requeueAfter}
 	if withAPI {
+		// A policy that does not compile stops the server before it listens.
+		if opts.policy, err = loadPolicy(ctx, st, log, *policyDir); err != nil {
+			return err
+		}
 		l, err := net.Listen("tcp", *listen)
 		if err != nil {
 			return fmt.Errorf("listen: %w", err)
@@ -75,7 +84,9 @@ type serveOptions struct {
 	leaseTTL time.Duration
 	// sessionTTL and requeueAfter: zero for the defaults.
 	sessionTTL, requeueAfter time.Duration
-	ready                    func(addr string)
+	// policy decides the API's actions (required with a listener).
+	policy *policy.Engine
+	ready  func(addr string)
 }
 
 // serve runs the API and workers until ctx ends, then shuts down: the API
@@ -106,10 +117,12 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 	var srv *http.Server
 	var serveErr error
 	if o.listener != nil {
-		svc, err := service.New(service.Config{Store: st, River: rc, Logger: log})
+		svc, err := service.New(service.Config{Store: st, River: rc, Logger: log, Policy: o.policy})
 		if err != nil {
 			return err
 		}
+		wg.Add(1)
+		go func() { defer wg.Done(); reloadOnHUP(nctx, st, log, o.policy) }()
 		rctx, cancelRuns := context.WithCancel(nctx)
 		defer cancelRuns()
 		notifier := store.NewNotifier(st, store.RunChannel, log)

@@ -79,6 +79,8 @@ func Handler(cfg Config) http.Handler {
 	s.route(mux, "GET /v1/runs/{id}/output", s.output)
 	s.route(mux, "GET /v1/runs/{id}/stream", s.stream)
 	s.route(mux, "POST /v1/runs/{id}/cancel", s.cancel)
+	s.route(mux, "POST /v1/runs/{id}/approve", s.verdict(true))
+	s.route(mux, "POST /v1/runs/{id}/deny", s.verdict(false))
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
@@ -155,7 +157,12 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	for _, k := range kinds {
 		if errors.Is(err, k.kind) {
-			writeError(w, k.status, k.code, err.Error())
+			body := ErrorBody{Error: err.Error(), Code: k.code}
+			var se *service.Error
+			if errors.As(err, &se) {
+				body.Reasons = se.Reasons
+			}
+			writeJSON(w, k.status, body)
 			return
 		}
 	}
@@ -192,6 +199,8 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 type ErrorBody struct {
 	Error string `json:"error"`
 	Code  string `json:"code"`
+	// Reasons are the policy's reasons when it refused.
+	Reasons []string `json:"reasons,omitempty"`
 }
 
 // decodeJSON decodes exactly one JSON value with no unknown fields.
@@ -361,6 +370,11 @@ func (s *server) get(w http.ResponseWriter, r *http.Request, c service.Caller) e
 		return err
 	}
 	out.Nodes = nodesJSON(nodes)
+	if run.Policy.Approvals > 0 {
+		if out.Approvals, err = s.approvals(r, c, run.ID); err != nil {
+			return err
+		}
+	}
 	writeJSON(w, 200, out)
 	return nil
 }
@@ -446,6 +460,51 @@ func (s *server) stream(w http.ResponseWriter, r *http.Request, c service.Caller
 	return nil
 }
 
+// VerdictRequest is the body of POST /v1/runs/{id}/approve and /deny.
+type VerdictRequest struct {
+	Comment string `json:"comment,omitempty"`
+	// RequestHash is the request hash the approver saw (GET the run); the
+	// verdict is refused when the run's differs.
+	RequestHash string `json:"request_hash,omitempty"`
+}
+
+func (s *server) verdict(approve bool) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request, c service.Caller) error {
+		var req VerdictRequest
+		if r.ContentLength != 0 {
+			if err := decodeJSON(r.Body, &req); err != nil {
+				return err
+			}
+		}
+		if err := checkQueryText("comment", req.Comment); err != nil {
+			return err
+		}
+		run, err := s.cfg.Service.Decide(r.Context(), c, r.PathValue("id"), service.Verdict{Approve: approve, Comment: req.Comment, RequestHash: req.RequestHash})
+		if err != nil {
+			return err
+		}
+		out := runJSON(run)
+		if out.Approvals, err = s.approvals(r, c, run.ID); err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, out)
+		return nil
+	}
+}
+
+// approvals returns a run's verdicts as the API shows them.
+func (s *server) approvals(r *http.Request, c service.Caller, id string) ([]Approval, error) {
+	as, err := s.cfg.Service.Approvals(r.Context(), c, id)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Approval, len(as))
+	for i, a := range as {
+		out[i] = Approval{Principal: a.PrincipalName, Verdict: a.Verdict, Comment: a.Comment, RequestHash: a.RequestHash, At: a.CreatedAt}
+	}
+	return out, nil
+}
+
 func (s *server) cancel(w http.ResponseWriter, r *http.Request, c service.Caller) error {
 	run, err := s.cfg.Service.Cancel(r.Context(), c, r.PathValue("id"))
 	if err != nil {
@@ -467,25 +526,50 @@ type Run struct {
 	FiredAt     *time.Time `json:"fired_at,omitempty"`
 	// CancelRequested is true once a cancel is recorded; with no FiringAt
 	// the command never runs.
-	CancelRequested bool          `json:"cancel_requested,omitempty"`
-	Recoveries      int           `json:"recoveries,omitempty"`
-	FinishedAt      *time.Time    `json:"finished_at,omitempty"`
-	Argv            []string      `json:"argv,omitempty"`
-	ScriptBytes     int           `json:"script_bytes,omitempty"`
-	Shell           bool          `json:"shell"`
-	Node            string        `json:"node,omitempty"`
-	Service         string        `json:"service,omitempty"`
-	Tag             string        `json:"tag,omitempty"`
-	Prefix          string        `json:"prefix"`
-	Wait            string        `json:"wait"`
-	WaitRepl        string        `json:"wait_repl"`
-	Timeout         string        `json:"timeout,omitempty"`
-	Reason          string        `json:"reason,omitempty"`
-	Outcome         string        `json:"outcome,omitempty"`
-	Error           string        `json:"error,omitempty"`
-	TargetCount     int           `json:"target_count"`
-	Targets         []consul.Node `json:"targets,omitempty"`
-	Nodes           []Node        `json:"nodes,omitempty"`
+	CancelRequested bool `json:"cancel_requested,omitempty"`
+	Recoveries      int  `json:"recoveries,omitempty"`
+	// Policy is the policy's decision at submission.
+	Policy *Policy `json:"policy,omitempty"`
+	// RequestHash is the sha256 of the canonical request; approvals bind
+	// to it.
+	RequestHash       string        `json:"request_hash,omitempty"`
+	ApprovalExpiresAt *time.Time    `json:"approval_expires_at,omitempty"`
+	Approvals         []Approval    `json:"approvals,omitempty"`
+	FinishedAt        *time.Time    `json:"finished_at,omitempty"`
+	Argv              []string      `json:"argv,omitempty"`
+	ScriptBytes       int           `json:"script_bytes,omitempty"`
+	Shell             bool          `json:"shell"`
+	Node              string        `json:"node,omitempty"`
+	Service           string        `json:"service,omitempty"`
+	Tag               string        `json:"tag,omitempty"`
+	Prefix            string        `json:"prefix"`
+	Wait              string        `json:"wait"`
+	WaitRepl          string        `json:"wait_repl"`
+	Timeout           string        `json:"timeout,omitempty"`
+	Reason            string        `json:"reason,omitempty"`
+	Outcome           string        `json:"outcome,omitempty"`
+	Error             string        `json:"error,omitempty"`
+	TargetCount       int           `json:"target_count"`
+	Targets           []consul.Node `json:"targets,omitempty"`
+	Nodes             []Node        `json:"nodes,omitempty"`
+}
+
+// Policy is a policy decision as the API shows it.
+type Policy struct {
+	Outcome       string   `json:"outcome"`
+	Reasons       []string `json:"reasons,omitempty"`
+	Revision      string   `json:"revision,omitempty"`
+	Approvals     int      `json:"approvals,omitempty"`
+	ApproverRoles []string `json:"approver_roles,omitempty"`
+}
+
+// Approval is one principal's verdict on a run.
+type Approval struct {
+	Principal   string    `json:"principal"`
+	Verdict     string    `json:"verdict"`
+	Comment     string    `json:"comment,omitempty"`
+	RequestHash string    `json:"request_hash"`
+	At          time.Time `json:"at"`
 }
 
 // Node is one expected node's result.
@@ -546,6 +630,11 @@ func runJSON(r store.Run) Run {
 		Wait: r.Wait.String(), WaitRepl: r.WaitRepl.String(), Reason: r.Reason,
 		Outcome: r.Outcome, Error: r.Error,
 		StartBy: r.StartBy, FiringAt: r.FiringAt, CancelRequested: r.CancelRequested, Recoveries: r.Recoveries,
+		RequestHash: r.RequestHash, ApprovalExpiresAt: r.ApprovalExpiresAt,
+	}
+	if r.Policy.Outcome != "" {
+		out.Policy = &Policy{Outcome: r.Policy.Outcome, Reasons: r.Policy.Reasons, Revision: r.Policy.Revision,
+			Approvals: r.Policy.Approvals, ApproverRoles: r.Policy.ApproverRoles}
 	}
 	if r.Timeout > 0 {
 		out.Timeout = r.Timeout.String()

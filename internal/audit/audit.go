@@ -29,6 +29,17 @@ const (
 	RunCancelAsked = "run.cancel_requested"
 	RunCancelled   = "run.cancelled"
 	OutputRead     = "output.read"
+
+	// Authorization.
+	RunRefused        = "run.refused" // a submission the preflight or the policy denied; nothing stored
+	PolicyDecided     = "policy.decided"
+	PolicyLoaded      = "policy.loaded"
+	PolicyRejected    = "policy.rejected" // a reload that did not compile; the old policy stays
+	ApprovalRequested = "approval.requested"
+	ApprovalGiven     = "approval.given"
+	ApprovalRefused   = "approval.refused"
+	RunDenied         = "run.denied"
+	RunExpired        = "run.expired"
 )
 
 // Event is one audited fact. Data must never hold a secret.

@@ -135,6 +135,18 @@ func (c *Client) Stream(ctx context.Context, id string, cursor int64, wait time.
 	return out, err
 }
 
+// Decide approves (approve true) or denies a run pending approval; hash
+// is the request hash the caller saw (empty: not checked).
+func (c *Client) Decide(ctx context.Context, id string, approve bool, comment, hash string) (api.Run, error) {
+	verb := "deny"
+	if approve {
+		verb = "approve"
+	}
+	var out api.Run
+	err := c.do(ctx, http.MethodPost, "/v1/runs/"+url.PathEscape(id)+"/"+verb, api.VerdictRequest{Comment: comment, RequestHash: hash}, &out)
+	return out, err
+}
+
 // Cancel cancels a run.
 func (c *Client) Cancel(ctx context.Context, id string) (api.Run, error) {
 	var out api.Run

@@ -80,6 +80,8 @@ type env struct {
 	prefix  string
 	cluster *localconsul.Cluster
 	consul  *api.Client
+	// serveProc is the serve process (for signals), once started.
+	serveProc *childproc.Process
 }
 
 type envOpts struct {
@@ -151,6 +153,13 @@ func (e *env) svc(args ...string) string {
 	return stdout.String()
 }
 
+// svcCmd is a rexec-svc command on the test's database, not yet run.
+func (e *env) svcCmd(args ...string) *exec.Cmd {
+	cmd := exec.Command(bins.svc, args...)
+	cmd.Env = append(os.Environ(), "REXEC_DATABASE_URL="+e.db)
+	return cmd
+}
+
 func (e *env) newToken(tenant, principal, roles string) string {
 	e.t.Helper()
 	out := strings.TrimSpace(e.svc("token", "create", "-tenant", tenant, "-principal", principal, "-roles", roles))
@@ -167,6 +176,7 @@ func (e *env) start(args ...string) string {
 	if args[0] != "serve" {
 		return ""
 	}
+	e.serveProc = p
 	ctx := ctxT(e.t, 30*time.Second)
 	for {
 		b, _ := os.ReadFile(logPath)

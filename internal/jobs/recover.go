@@ -31,6 +31,9 @@ func (w *RecoverWorker) Work(ctx context.Context, job *river.Job[RecoverArgs]) e
 		if err := w.failLate(ctx, tx, q); err != nil {
 			return err
 		}
+		if err := w.expireApprovals(ctx, tx, q); err != nil {
+			return err
+		}
 		if err := w.requeueOrphans(ctx, tx, q, client); err != nil {
 			return err
 		}
@@ -47,6 +50,26 @@ func (w *RecoverWorker) Work(ctx context.Context, job *river.Job[RecoverArgs]) e
 		}
 		return nil
 	})
+}
+
+// expireApprovals ends runs whose approval window passed: nobody has to
+// poll for them.
+func (w *RecoverWorker) expireApprovals(ctx context.Context, tx pgx.Tx, q *store.Queries) error {
+	expired, err := q.ExpirePending(ctx)
+	if err != nil {
+		return err
+	}
+	for _, r := range expired {
+		w.cfg.Logger.InfoContext(ctx, "run expired waiting for approval", slog.String("run", r.RunID))
+		err := audit.Record(ctx, tx, audit.Event{TenantID: r.TenantID, RunID: r.RunID, Actor: recoveryActor, Type: audit.RunExpired})
+		if err != nil {
+			return err
+		}
+		if err := q.NotifyRun(ctx, r.RunID); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // failLate fails queued runs past their start bound.

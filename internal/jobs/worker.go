@@ -93,13 +93,44 @@ func (w *ExecWorker) Work(ctx context.Context, job *river.Job[ExecArgs]) error {
 			return e.close(ctx, nil, nil, store.StateCancelled, string(consul.OutcomeCancelled), "")
 		case time.Now().After(run.StartBy):
 			e.discardUnfired(ctx)
-			return e.close(ctx, nil, nil, store.StateFailed, store.OutcomeNotStarted, store.NotStartedError(run.StartBy.Sub(run.CreatedAt)))
+			return e.close(ctx, nil, nil, store.StateFailed, store.OutcomeNotStarted, store.NotStartedError(run.StartTimeout))
+		}
+		if msg, err := w.checkApprovals(ctx, run); err != nil {
+			return err
+		} else if msg != "" {
+			return e.close(ctx, nil, nil, store.StateFailed, "", msg)
 		}
 	}
 	if run.Recoveries > MaxRecoveries {
 		return e.close(ctx, nil, nil, store.StateFailed, "", fmt.Sprintf("gave up after %d recoveries", MaxRecoveries))
 	}
 	return e.carryOut(ctx)
+}
+
+// checkApprovals says why a run that needed approval may not start: its
+// stored request no longer hashes to what was approved, or too few
+// approvals match it. Empty when it may.
+func (w *ExecWorker) checkApprovals(ctx context.Context, run store.Run) (string, error) {
+	if run.RequestHash != "" && store.RequestHash(run) != run.RequestHash {
+		return "the run's stored request no longer matches the request hash it was submitted (and approved) with; it was not fired", nil
+	}
+	if run.Policy.Approvals == 0 {
+		return "", nil
+	}
+	approvals, err := w.cfg.Store.Approvals(ctx, run.ID)
+	if err != nil {
+		return "", err
+	}
+	given := 0
+	for _, a := range approvals {
+		if a.Verdict == store.VerdictApprove && a.RequestHash == run.RequestHash {
+			given++
+		}
+	}
+	if given < run.Policy.Approvals {
+		return fmt.Sprintf("%d of %d required approvals match the run's request; it was not fired", given, run.Policy.Approvals), nil
+	}
+	return "", nil
 }
 
 // execution is one worker's claim on one run.
@@ -279,7 +310,7 @@ func (e *execution) notStarted(jobCtx, ectx context.Context, err error) error {
 	case errors.Is(err, store.ErrCancelRequested):
 		return e.close(jobCtx, nil, nil, store.StateCancelled, string(consul.OutcomeCancelled), "")
 	case errors.Is(err, store.ErrStartBoundPassed):
-		return e.close(jobCtx, nil, nil, store.StateFailed, store.OutcomeNotStarted, store.NotStartedError(e.run.StartBy.Sub(e.run.CreatedAt)))
+		return e.close(jobCtx, nil, nil, store.StateFailed, store.OutcomeNotStarted, store.NotStartedError(e.run.StartTimeout))
 	case ectx.Err() != nil && !errors.Is(context.Cause(ectx), consul.ErrDetach):
 		state, msg := e.stopReason(ectx)
 		return e.close(jobCtx, nil, nil, state, string(consul.OutcomeCancelled), msg)

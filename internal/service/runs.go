@@ -3,11 +3,13 @@ package service
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/rexec/rexec/internal/audit"
+	"github.com/rexec/rexec/internal/policy"
 	"github.com/rexec/rexec/internal/store"
 )
 
@@ -21,9 +23,31 @@ func (s *Service) runOf(ctx context.Context, c Caller, id string) (store.Run, er
 	return r, err
 }
 
+// readable returns the caller's run if the policy lets the caller take
+// action on it.
+func (s *Service) readable(ctx context.Context, c Caller, id string, action policy.Action) (store.Run, error) {
+	r, err := s.runOf(ctx, c, id)
+	if err != nil {
+		return store.Run{}, err
+	}
+	return r, s.authorizeRun(ctx, c, action, r)
+}
+
+// authorizeRun decides action on r, with its approvals when it has any.
+func (s *Service) authorizeRun(ctx context.Context, c Caller, action policy.Action, r store.Run) error {
+	var approvals []store.Approval
+	if r.Policy.Approvals > 0 {
+		var err error
+		if approvals, err = s.store.Approvals(ctx, r.ID); err != nil {
+			return err
+		}
+	}
+	return s.authorize(ctx, c, action, &r, approvals)
+}
+
 // Get returns a run.
 func (s *Service) Get(ctx context.Context, c Caller, id string) (store.Run, error) {
-	return s.runOf(ctx, c, id)
+	return s.readable(ctx, c, id, policy.ActionRunRead)
 }
 
 // List returns the caller's tenant's runs, newest first, with their
@@ -36,6 +60,14 @@ func (s *Service) List(ctx context.Context, c Caller, f store.ListFilter) ([]sto
 	if err != nil {
 		return nil, nil, err
 	}
+	// A principal who may list the tenant's runs sees them all; any other
+	// sees those it may read (a submitter its own, an approver its inbox).
+	if err := s.authorize(ctx, c, policy.ActionRunList, nil, nil); err != nil {
+		if !errors.Is(err, ErrForbidden) {
+			return nil, nil, err
+		}
+		runs = slices.DeleteFunc(runs, func(r store.Run) bool { return s.authorizeRun(ctx, c, policy.ActionRunRead, r) != nil })
+	}
 	ids := make([]string, len(runs))
 	for i, r := range runs {
 		ids[i] = r.ID
@@ -46,7 +78,7 @@ func (s *Service) List(ctx context.Context, c Caller, f store.ListFilter) ([]sto
 
 // Nodes returns a run's per-node results.
 func (s *Service) Nodes(ctx context.Context, c Caller, id string) (store.Run, []store.NodeResult, error) {
-	r, err := s.runOf(ctx, c, id)
+	r, err := s.readable(ctx, c, id, policy.ActionRunRead)
 	if err != nil {
 		return store.Run{}, nil, err
 	}
@@ -57,7 +89,7 @@ func (s *Service) Nodes(ctx context.Context, c Caller, id string) (store.Run, []
 // Output returns up to limit of a node's chunks after sequence after.
 // Every read that returns output is audited.
 func (s *Service) Output(ctx context.Context, c Caller, id, node string, after, limit int) ([]store.Chunk, error) {
-	r, err := s.runOf(ctx, c, id)
+	r, err := s.readable(ctx, c, id, policy.ActionOutputRead)
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +123,7 @@ type StreamPage struct {
 // to wait for new ones while the run goes on. Every page with output is
 // audited.
 func (s *Service) Stream(ctx context.Context, c Caller, id string, cursor int64, wait time.Duration, wake <-chan struct{}) (StreamPage, error) {
-	r, err := s.runOf(ctx, c, id)
+	r, err := s.readable(ctx, c, id, policy.ActionOutputRead)
 	if err != nil {
 		return StreamPage{}, err
 	}
@@ -149,12 +181,9 @@ func (s *Service) auditRead(ctx context.Context, c Caller, runID string, data ma
 // the run fired means it never fires (the worker's fire step is serialised
 // with it on the run's row); the run's FiringAt tells the caller which.
 func (s *Service) Cancel(ctx context.Context, c Caller, id string) (store.Run, error) {
-	r, err := s.runOf(ctx, c, id)
+	r, err := s.readable(ctx, c, id, policy.ActionExecCancel)
 	if err != nil {
 		return store.Run{}, err
-	}
-	if !c.Principal.Has(store.RoleAdmin) && !(c.Principal.Has(store.RoleSubmitter) && r.SubmittedBy == c.Principal.ID) {
-		return store.Run{}, errorf(ErrForbidden, "only the submitter or an admin may cancel run %s", r.ID)
 	}
 	err = s.store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
 		cn, err := q.CancelRun(ctx, c.Tenant.ID, r.ID)

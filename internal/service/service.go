@@ -21,6 +21,7 @@ import (
 	"github.com/rexec/rexec/internal/audit"
 	"github.com/rexec/rexec/internal/consul"
 	"github.com/rexec/rexec/internal/jobs"
+	"github.com/rexec/rexec/internal/policy"
 	"github.com/rexec/rexec/internal/store"
 )
 
@@ -39,6 +40,8 @@ var (
 type Error struct {
 	Kind error
 	Msg  string
+	// Reasons are a policy's reasons for a refusal, when it gave any.
+	Reasons []string
 }
 
 func (e *Error) Error() string { return e.Msg }
@@ -58,10 +61,12 @@ type Caller struct {
 
 // Service implements rexec's operations.
 type Service struct {
-	store   *store.Store
-	river   *river.Client[pgx.Tx]
-	log     *slog.Logger
-	clients *jobs.Clients
+	store      *store.Store
+	river      *river.Client[pgx.Tx]
+	log        *slog.Logger
+	clients    *jobs.Clients
+	policy     *policy.Engine
+	preflights preflightCache
 }
 
 // Config configures a Service.
@@ -72,17 +77,19 @@ type Config struct {
 	Logger *slog.Logger
 	// ConsulConfig adjusts each tenant's engine configuration. Optional.
 	ConsulConfig func(*consul.Config)
+	// Policy decides every action (required).
+	Policy *policy.Engine
 }
 
 // New returns a Service.
 func New(cfg Config) (*Service, error) {
-	if cfg.Store == nil || cfg.River == nil {
-		return nil, errors.New("service: Store and River are required")
+	if cfg.Store == nil || cfg.River == nil || cfg.Policy == nil {
+		return nil, errors.New("service: Store, River and Policy are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Service{store: cfg.Store, river: cfg.River, log: cfg.Logger, clients: jobs.NewClients(cfg.ConsulConfig)}, nil
+	return &Service{store: cfg.Store, river: cfg.River, log: cfg.Logger, clients: jobs.NewClients(cfg.ConsulConfig), policy: cfg.Policy}, nil
 }
 
 // Authenticate resolves a bearer token.
@@ -131,6 +138,8 @@ type Submitted struct {
 	Run     store.Run
 	Targets []consul.Node
 	DryRun  bool
+	// Decision is the policy's decision on the submission.
+	Decision policy.Decision
 }
 
 func (s *Service) consulClient(t store.Tenant) (*consul.Client, error) {
@@ -138,12 +147,11 @@ func (s *Service) consulClient(t store.Tenant) (*consul.Client, error) {
 }
 
 // Submit validates sub, resolves its frozen target set with the tenant's
-// token, and stores the run with its audit events and its River job in one
-// transaction. Nothing is stored when anything fails.
+// token, checks the token's Consul ACLs and asks the policy, and stores the
+// run — queued with its River job, or pending approval — with its audit
+// events in one transaction. Nothing is stored when anything fails; a
+// refusal by the preflight or the policy is audited.
 func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitted, error) {
-	if !c.Principal.Has(store.RoleSubmitter, store.RoleAdmin) {
-		return Submitted{}, errorf(ErrForbidden, "principal %q may not submit runs (needs the submitter role)", c.Principal.Name)
-	}
 	spec, err := sub.Spec(c.Tenant.Prefix)
 	if err != nil {
 		return Submitted{}, err
@@ -186,8 +194,44 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 		StartTimeout: cmp.Or(sub.StartTimeout, c.Tenant.StartTimeout, store.StartTimeoutDefault),
 	}
 	run.StartBy = time.Now().Add(run.StartTimeout)
+	run.RequestHash = store.RequestHash(run)
+
+	// Authorization: the Consul ACL preflight AND the policy.
+	pf, pfRaw, err := s.preflight(ctx, c.Tenant, client, spec.Prefix)
+	if err != nil {
+		return Submitted{}, err
+	}
+	in := s.input(c, policy.ActionExecSubmit)
+	in.Request, in.Targets, in.Preflight = requestOf(run), policyTargets(targets), pf
+	d, err := s.decide(ctx, in)
+	if err != nil {
+		return Submitted{}, err
+	}
+	if pf.Checked && !pf.Allowed && d.Outcome != policy.Deny {
+		// The preflight binds whatever the policy says.
+		d.Outcome = policy.Deny
+		d.Reasons = append(d.Reasons, "the tenant's Consul token lacks "+strings.Join(pf.Missing, ", "))
+	}
+	run.Preflight = pfRaw
+	run.Policy = store.PolicyDecision{Outcome: string(d.Outcome), Reasons: d.Reasons, Revision: d.Revision,
+		Approvals: d.Approvals, ApproverRoles: d.ApproverRoles}
+	if d.Outcome == policy.RequireApproval {
+		run.State = store.StatePendingApproval
+		run.ApprovalTTL = cmp.Or(c.Tenant.ApprovalTTL, store.ApprovalTTLDefault)
+	}
 	if sub.DryRun {
-		return Submitted{Run: run, Targets: targets, DryRun: true}, nil
+		return Submitted{Run: run, Targets: targets, DryRun: true, Decision: d}, nil
+	}
+	if d.Outcome == policy.Deny {
+		// Nothing is stored but the audited refusal.
+		err := audit.Record(ctx, s.store.Pool(), audit.Event{TenantID: c.Tenant.ID, Actor: c.Principal.Name, Type: audit.RunRefused,
+			Data: map[string]any{"argv": sub.Argv, "script_bytes": len(sub.Script), "node": sub.NodeFilter, "service": sub.ServiceFilter,
+				"tag": sub.TagFilter, "prefix": spec.Prefix, "reason": sub.Reason, "targets": names, "request_hash": run.RequestHash,
+				"reasons": d.Reasons, "policy_revision": d.Revision, "preflight": pfRaw}})
+		if err != nil {
+			return Submitted{}, err
+		}
+		return Submitted{}, denial(policy.ActionExecSubmit, d)
 	}
 	err = s.store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
 		stored, err := q.InsertRun(ctx, run, names)
@@ -203,9 +247,17 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 				"argv": sub.Argv, "script_bytes": len(sub.Script), "shell": sub.Shell,
 				"node": sub.NodeFilter, "service": sub.ServiceFilter, "tag": sub.TagFilter,
 				"prefix": spec.Prefix, "reason": sub.Reason, "targets": names, "start_timeout": run.StartTimeout.String(),
+				"request_hash": run.RequestHash, "preflight": pfRaw,
 			}),
-			ev(audit.RunQueued, nil))
+			ev(audit.PolicyDecided, map[string]any{"action": string(policy.ActionExecSubmit), "outcome": string(d.Outcome),
+				"reasons": d.Reasons, "revision": d.Revision, "approvals": d.Approvals, "approver_roles": d.ApproverRoles}))
 		if err != nil {
+			return err
+		}
+		if run.State == store.StatePendingApproval {
+			return s.requestApproval(ctx, tx, c, run)
+		}
+		if err := audit.Record(ctx, tx, ev(audit.RunQueued, nil)); err != nil {
 			return err
 		}
 		_, err = s.river.InsertTx(ctx, tx, jobs.ExecArgs{RunID: run.ID}, nil)
@@ -214,7 +266,7 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 	if err != nil {
 		return Submitted{}, fmt.Errorf("store run: %w", err)
 	}
-	return Submitted{Run: run, Targets: targets}, nil
+	return Submitted{Run: run, Targets: targets, Decision: d}, nil
 }
 
 // Spec checks sub as far as it can be without the tenant's Consul and

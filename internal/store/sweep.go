@@ -9,7 +9,7 @@ import (
 )
 
 const queryLateRuns = `
-SELECT id::text, tenant_id, (extract(epoch FROM start_by - created_at) * 1000)::bigint FROM runs
+SELECT id::text, tenant_id, start_timeout_ms FROM runs
 WHERE state = 'queued' AND start_by < now()
 ORDER BY start_by LIMIT 100 FOR UPDATE SKIP LOCKED`
 

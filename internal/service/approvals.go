@@ -1,0 +1,157 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rexec/rexec/internal/audit"
+	"github.com/rexec/rexec/internal/jobs"
+	"github.com/rexec/rexec/internal/policy"
+	"github.com/rexec/rexec/internal/store"
+)
+
+// MaxComment bounds an approver's comment.
+const MaxComment = 4096
+
+// requestApproval records, in the submission's transaction, that run waits
+// for approval.
+func (s *Service) requestApproval(ctx context.Context, tx pgx.Tx, c Caller, run store.Run) error {
+	return audit.Record(ctx, tx, audit.Event{TenantID: c.Tenant.ID, RunID: run.ID, Actor: c.Principal.Name, Type: audit.ApprovalRequested,
+		Data: map[string]any{"approvals": run.Policy.Approvals, "approver_roles": run.Policy.ApproverRoles,
+			"reasons": run.Policy.Reasons, "expires_at": run.ApprovalExpiresAt, "request_hash": run.RequestHash}})
+}
+
+// Verdict is an approver's answer to a run pending approval.
+type Verdict struct {
+	// Approve is true to approve, false to deny.
+	Approve bool
+	// Comment is kept with the verdict and in the audit log.
+	Comment string
+	// RequestHash, when set, is the request hash the approver saw; a run
+	// whose request hash differs is refused (409).
+	RequestHash string
+}
+
+// Decide records an approver's verdict on a run pending approval. An
+// approval that completes the run's required count queues it, with its
+// River job, in the same transaction; a denial ends it denied at once.
+// Approving one's own run, twice, without an approving role, a run not
+// pending approval, or a request that no longer matches its hash is
+// refused.
+func (s *Service) Decide(ctx context.Context, c Caller, id string, v Verdict) (store.Run, error) {
+	action := policy.ActionExecDeny
+	if v.Approve {
+		action = policy.ActionExecApprove
+	}
+	if len(v.Comment) > MaxComment {
+		return store.Run{}, errorf(ErrInvalid, "comment is longer than %d bytes", MaxComment)
+	}
+	r, err := s.runOf(ctx, c, id)
+	if err != nil {
+		return store.Run{}, err
+	}
+	approvals, err := s.store.Approvals(ctx, r.ID)
+	if err != nil {
+		return store.Run{}, err
+	}
+	// What holds whatever the policy says: the run's state, no verdict on
+	// one's own run, one verdict each, and the exact request.
+	switch {
+	case r.State != store.StatePendingApproval:
+		return store.Run{}, errorf(ErrConflict, "run %s is %s, not pending approval", r.ID, r.State)
+	case r.SubmittedBy == c.Principal.ID && v.Approve:
+		return store.Run{}, errorf(ErrForbidden, "nobody approves their own run")
+	case slices.ContainsFunc(approvals, func(a store.Approval) bool { return a.PrincipalID == c.Principal.ID }):
+		return store.Run{}, errorf(ErrConflict, "%s has already given a verdict on run %s", c.Principal.Name, r.ID)
+	case v.RequestHash != "" && v.RequestHash != r.RequestHash:
+		return store.Run{}, errorf(ErrConflict, "run %s's request hash is %s, not %s: the request differs from the one approved", r.ID, r.RequestHash, v.RequestHash)
+	case store.RequestHash(r) != r.RequestHash:
+		return store.Run{}, errorf(ErrConflict, "run %s's stored request no longer matches its hash; it cannot be approved", r.ID)
+	}
+	if err := s.authorize(ctx, c, action, &r, approvals); err != nil {
+		return store.Run{}, err
+	}
+	if v.Approve && !slices.ContainsFunc(r.Policy.ApproverRoles, func(role string) bool { return c.Principal.Has(role) }) {
+		return store.Run{}, errorf(ErrForbidden, "approving run %s takes one of the roles %v", r.ID, r.Policy.ApproverRoles)
+	}
+	err = s.store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
+		state, err := q.LockRunState(ctx, c.Tenant.ID, r.ID)
+		if err != nil {
+			return err
+		}
+		if state != store.StatePendingApproval {
+			return errorf(ErrConflict, "run %s is %s, not pending approval", r.ID, state)
+		}
+		verdict := store.VerdictDeny
+		if v.Approve {
+			verdict = store.VerdictApprove
+		}
+		err = q.RecordVerdict(ctx, r.ID, store.Approval{PrincipalID: c.Principal.ID, PrincipalName: c.Principal.Name,
+			Roles: c.Principal.Roles, Verdict: verdict, Comment: v.Comment, RequestHash: r.RequestHash})
+		if errors.Is(err, store.ErrAlreadyDecided) {
+			return errorf(ErrConflict, "%s has already given a verdict on run %s", c.Principal.Name, r.ID)
+		}
+		if err != nil {
+			return err
+		}
+		ev := func(typ string, data map[string]any) audit.Event {
+			return audit.Event{TenantID: c.Tenant.ID, RunID: r.ID, Actor: c.Principal.Name, Type: typ, Data: data}
+		}
+		if !v.Approve {
+			if err := q.EndPending(ctx, r.ID, store.StateDenied, fmt.Sprintf("denied by %s", c.Principal.Name)); err != nil {
+				return err
+			}
+			return audit.Record(ctx, tx, ev(audit.ApprovalRefused, map[string]any{"comment": v.Comment, "request_hash": r.RequestHash}),
+				ev(audit.RunDenied, nil))
+		}
+		all, err := q.Approvals(ctx, r.ID)
+		if err != nil {
+			return err
+		}
+		given := 0
+		for _, a := range all {
+			if a.Verdict == store.VerdictApprove && a.RequestHash == r.RequestHash {
+				given++
+			}
+		}
+		evs := []audit.Event{ev(audit.ApprovalGiven, map[string]any{"comment": v.Comment, "request_hash": r.RequestHash,
+			"given": given, "required": r.Policy.Approvals})}
+		if given >= r.Policy.Approvals {
+			if err := q.ReleaseApproved(ctx, r.ID); err != nil {
+				return err
+			}
+			if _, err := s.river.InsertTx(ctx, tx, jobs.ExecArgs{RunID: r.ID}, nil); err != nil {
+				return err
+			}
+			evs = append(evs, ev(audit.RunQueued, map[string]any{"approvals": given}))
+		}
+		if err := audit.Record(ctx, tx, evs...); err != nil {
+			return err
+		}
+		return q.NotifyRun(ctx, r.ID)
+	})
+	if err != nil {
+		return store.Run{}, err
+	}
+	return s.runOf(ctx, c, r.ID)
+}
+
+// Approvals returns a run's verdicts, for a caller who may read the run.
+func (s *Service) Approvals(ctx context.Context, c Caller, id string) ([]store.Approval, error) {
+	r, err := s.runOf(ctx, c, id)
+	if err != nil {
+		return nil, err
+	}
+	approvals, err := s.store.Approvals(ctx, r.ID)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.authorize(ctx, c, policy.ActionRunRead, &r, approvals); err != nil {
+		return nil, err
+	}
+	return approvals, nil
+}
