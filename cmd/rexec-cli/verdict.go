@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/rexec/rexec/internal/client"
 )
 
 // cmdVerdict approves or denies a run pending approval: it shows what the
@@ -38,14 +41,20 @@ func cmdVerdict(ctx context.Context, approve bool, args []string, stdout, stderr
 		return err
 	}
 	run, err := c.Get(ctx, id)
-	if err != nil {
+	var ce *client.Error
+	switch {
+	case errors.As(err, &ce) && ce.Status == 403:
+		// A run the principal may not read (one no longer pending, say):
+		// the verdict itself gets the telling answer.
+	case err != nil:
 		return err
+	default:
+		fmt.Fprintf(stderr, "==> run %s by %s: %s on %d node(s)", run.ID, run.SubmittedBy, commandOf(run.Argv, run.ScriptBytes), run.TargetCount)
+		if run.Reason != "" {
+			fmt.Fprintf(stderr, ", reason %q", run.Reason)
+		}
+		fmt.Fprintf(stderr, "\n==> request hash %s\n", run.RequestHash)
 	}
-	fmt.Fprintf(stderr, "==> run %s by %s: %s on %d node(s)", run.ID, run.SubmittedBy, commandOf(run.Argv, run.ScriptBytes), run.TargetCount)
-	if run.Reason != "" {
-		fmt.Fprintf(stderr, ", reason %q", run.Reason)
-	}
-	fmt.Fprintf(stderr, "\n==> request hash %s\n", run.RequestHash)
 	run, err = c.Decide(ctx, id, approve, *comment, run.RequestHash)
 	if err != nil {
 		return err

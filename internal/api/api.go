@@ -479,14 +479,12 @@ func (s *server) verdict(approve bool) handlerFunc {
 		if err := checkQueryText("comment", req.Comment); err != nil {
 			return err
 		}
-		run, err := s.cfg.Service.Decide(r.Context(), c, r.PathValue("id"), service.Verdict{Approve: approve, Comment: req.Comment, RequestHash: req.RequestHash})
+		run, approvals, err := s.cfg.Service.Decide(r.Context(), c, r.PathValue("id"), service.Verdict{Approve: approve, Comment: req.Comment, RequestHash: req.RequestHash})
 		if err != nil {
 			return err
 		}
 		out := runJSON(run)
-		if out.Approvals, err = s.approvals(r, c, run.ID); err != nil {
-			return err
-		}
+		out.Approvals = approvalsJSON(approvals)
 		writeJSON(w, http.StatusOK, out)
 		return nil
 	}
@@ -498,11 +496,15 @@ func (s *server) approvals(r *http.Request, c service.Caller, id string) ([]Appr
 	if err != nil {
 		return nil, err
 	}
+	return approvalsJSON(as), nil
+}
+
+func approvalsJSON(as []store.Approval) []Approval {
 	out := make([]Approval, len(as))
 	for i, a := range as {
 		out[i] = Approval{Principal: a.PrincipalName, Verdict: a.Verdict, Comment: a.Comment, RequestHash: a.RequestHash, At: a.CreatedAt}
 	}
-	return out, nil
+	return out
 }
 
 func (s *server) cancel(w http.ResponseWriter, r *http.Request, c service.Caller) error {

@@ -36,47 +36,49 @@ type Verdict struct {
 	RequestHash string
 }
 
-// Decide records an approver's verdict on a run pending approval. An
+// Decide records an approver's verdict on a run pending approval and
+// returns the run and its verdicts after it (the verdict authorizes the
+// answer: a denied run is no longer one its approver may read). An
 // approval that completes the run's required count queues it, with its
 // River job, in the same transaction; a denial ends it denied at once.
 // Approving one's own run, twice, without an approving role, a run not
 // pending approval, or a request that no longer matches its hash is
 // refused.
-func (s *Service) Decide(ctx context.Context, c Caller, id string, v Verdict) (store.Run, error) {
+func (s *Service) Decide(ctx context.Context, c Caller, id string, v Verdict) (store.Run, []store.Approval, error) {
 	action := policy.ActionExecDeny
 	if v.Approve {
 		action = policy.ActionExecApprove
 	}
 	if len(v.Comment) > MaxComment {
-		return store.Run{}, errorf(ErrInvalid, "comment is longer than %d bytes", MaxComment)
+		return store.Run{}, nil, errorf(ErrInvalid, "comment is longer than %d bytes", MaxComment)
 	}
 	r, err := s.runOf(ctx, c, id)
 	if err != nil {
-		return store.Run{}, err
+		return store.Run{}, nil, err
 	}
 	approvals, err := s.store.Approvals(ctx, r.ID)
 	if err != nil {
-		return store.Run{}, err
+		return store.Run{}, nil, err
 	}
 	// What holds whatever the policy says: the run's state, no verdict on
 	// one's own run, one verdict each, and the exact request.
 	switch {
 	case r.State != store.StatePendingApproval:
-		return store.Run{}, errorf(ErrConflict, "run %s is %s, not pending approval", r.ID, r.State)
+		return store.Run{}, nil, errorf(ErrConflict, "run %s is %s, not pending approval", r.ID, r.State)
 	case r.SubmittedBy == c.Principal.ID && v.Approve:
-		return store.Run{}, errorf(ErrForbidden, "nobody approves their own run")
+		return store.Run{}, nil, errorf(ErrForbidden, "nobody approves their own run")
 	case slices.ContainsFunc(approvals, func(a store.Approval) bool { return a.PrincipalID == c.Principal.ID }):
-		return store.Run{}, errorf(ErrConflict, "%s has already given a verdict on run %s", c.Principal.Name, r.ID)
+		return store.Run{}, nil, errorf(ErrConflict, "%s has already given a verdict on run %s", c.Principal.Name, r.ID)
 	case v.RequestHash != "" && v.RequestHash != r.RequestHash:
-		return store.Run{}, errorf(ErrConflict, "run %s's request hash is %s, not %s: the request differs from the one approved", r.ID, r.RequestHash, v.RequestHash)
+		return store.Run{}, nil, errorf(ErrConflict, "run %s's request hash is %s, not %s: the request differs from the one approved", r.ID, r.RequestHash, v.RequestHash)
 	case store.RequestHash(r) != r.RequestHash:
-		return store.Run{}, errorf(ErrConflict, "run %s's stored request no longer matches its hash; it cannot be approved", r.ID)
+		return store.Run{}, nil, errorf(ErrConflict, "run %s's stored request no longer matches its hash; it cannot be approved", r.ID)
 	}
 	if err := s.authorize(ctx, c, action, &r, approvals); err != nil {
-		return store.Run{}, err
+		return store.Run{}, nil, err
 	}
 	if v.Approve && !slices.ContainsFunc(r.Policy.ApproverRoles, func(role string) bool { return c.Principal.Has(role) }) {
-		return store.Run{}, errorf(ErrForbidden, "approving run %s takes one of the roles %v", r.ID, r.Policy.ApproverRoles)
+		return store.Run{}, nil, errorf(ErrForbidden, "approving run %s takes one of the roles %v", r.ID, r.Policy.ApproverRoles)
 	}
 	err = s.store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
 		state, err := q.LockRunState(ctx, c.Tenant.ID, r.ID)
@@ -135,9 +137,13 @@ func (s *Service) Decide(ctx context.Context, c Caller, id string, v Verdict) (s
 		return q.NotifyRun(ctx, r.ID)
 	})
 	if err != nil {
-		return store.Run{}, err
+		return store.Run{}, nil, err
 	}
-	return s.runOf(ctx, c, r.ID)
+	if r, err = s.runOf(ctx, c, r.ID); err != nil {
+		return store.Run{}, nil, err
+	}
+	approvals, err = s.store.Approvals(ctx, r.ID)
+	return r, approvals, err
 }
 
 // Approvals returns a run's verdicts, for a caller who may read the run.
