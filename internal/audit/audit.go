@@ -40,6 +40,8 @@ const (
 	ApprovalRefused   = "approval.refused"
 	RunDenied         = "run.denied"
 	RunExpired        = "run.expired"
+	WebhookDelivered  = "webhook.delivered"
+	WebhookFailed     = "webhook.failed"
 )
 
 // Event is one audited fact. Data must never hold a secret.

@@ -44,6 +44,7 @@ import (
 
 	"github.com/rexec/rexec/internal/consul"
 	"github.com/rexec/rexec/internal/store"
+	"github.com/rexec/rexec/internal/webhook"
 )
 
 // Defaults.
@@ -179,10 +180,15 @@ func NewClient(cfg Config) (*river.Client[pgx.Tx], error) {
 		workers := river.NewWorkers()
 		river.AddWorker(workers, &ExecWorker{cfg: cfg, clients: NewClients(cfg.ConsulConfig)})
 		river.AddWorker(workers, &RecoverWorker{cfg: cfg})
+		if err := webhook.AddWorkers(workers, webhook.Config{Targets: webhookTargets{cfg.Store}, Recorder: deliveryAudit{cfg.Store},
+			Logger: cfg.Logger}); err != nil {
+			return nil, err
+		}
 		rc.Workers = workers
 		rc.Queues = map[string]river.QueueConfig{
 			QueueExec:          {MaxWorkers: cfg.Workers},
 			river.QueueDefault: {MaxWorkers: 2},
+			webhook.Queue:      webhook.QueueConfig(),
 		}
 		rc.FetchPollInterval = 200 * time.Millisecond
 		rc.PeriodicJobs = []*river.PeriodicJob{

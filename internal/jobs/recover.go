@@ -13,6 +13,7 @@ import (
 
 	"github.com/rexec/rexec/internal/audit"
 	"github.com/rexec/rexec/internal/store"
+	"github.com/rexec/rexec/internal/webhook"
 )
 
 // RecoverWorker is the leader's periodic sweep, after River's own rescuer
@@ -63,6 +64,17 @@ func (w *RecoverWorker) expireApprovals(ctx context.Context, tx pgx.Tx, q *store
 		w.cfg.Logger.InfoContext(ctx, "run expired waiting for approval", slog.String("run", r.RunID))
 		err := audit.Record(ctx, tx, audit.Event{TenantID: r.TenantID, RunID: r.RunID, Actor: recoveryActor, Type: audit.RunExpired})
 		if err != nil {
+			return err
+		}
+		run, err := q.GetRunByID(ctx, r.RunID)
+		if err != nil {
+			return err
+		}
+		t, err := q.TenantByID(ctx, r.TenantID)
+		if err != nil {
+			return err
+		}
+		if err := NotifyApprovers(ctx, river.ClientFromContext[pgx.Tx](ctx), tx, t, run, webhook.EventExpired, "", "", 0); err != nil {
 			return err
 		}
 		if err := q.NotifyRun(ctx, r.RunID); err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/rexec/rexec/internal/jobs"
 	"github.com/rexec/rexec/internal/policy"
 	"github.com/rexec/rexec/internal/store"
+	"github.com/rexec/rexec/internal/webhook"
 )
 
 // MaxComment bounds an approver's comment.
@@ -20,9 +21,13 @@ const MaxComment = 4096
 // requestApproval records, in the submission's transaction, that run waits
 // for approval.
 func (s *Service) requestApproval(ctx context.Context, tx pgx.Tx, c Caller, run store.Run) error {
-	return audit.Record(ctx, tx, audit.Event{TenantID: c.Tenant.ID, RunID: run.ID, Actor: c.Principal.Name, Type: audit.ApprovalRequested,
+	err := audit.Record(ctx, tx, audit.Event{TenantID: c.Tenant.ID, RunID: run.ID, Actor: c.Principal.Name, Type: audit.ApprovalRequested,
 		Data: map[string]any{"approvals": run.Policy.Approvals, "approver_roles": run.Policy.ApproverRoles,
 			"reasons": run.Policy.Reasons, "expires_at": run.ApprovalExpiresAt, "request_hash": run.RequestHash}})
+	if err != nil {
+		return err
+	}
+	return jobs.NotifyApprovers(ctx, s.river, tx, c.Tenant, run, webhook.EventApprovalRequested, "", "", 0)
 }
 
 // Verdict is an approver's answer to a run pending approval.
@@ -107,8 +112,12 @@ func (s *Service) Decide(ctx context.Context, c Caller, id string, v Verdict) (s
 			if err := q.EndPending(ctx, r.ID, store.StateDenied, fmt.Sprintf("denied by %s", c.Principal.Name)); err != nil {
 				return err
 			}
-			return audit.Record(ctx, tx, ev(audit.ApprovalRefused, map[string]any{"comment": v.Comment, "request_hash": r.RequestHash}),
+			err := audit.Record(ctx, tx, ev(audit.ApprovalRefused, map[string]any{"comment": v.Comment, "request_hash": r.RequestHash}),
 				ev(audit.RunDenied, nil))
+			if err != nil {
+				return err
+			}
+			return jobs.NotifyApprovers(ctx, s.river, tx, c.Tenant, r, webhook.EventDenied, c.Principal.Name, v.Comment, 0)
 		}
 		all, err := q.Approvals(ctx, r.ID)
 		if err != nil {
@@ -132,6 +141,9 @@ func (s *Service) Decide(ctx context.Context, c Caller, id string, v Verdict) (s
 			evs = append(evs, ev(audit.RunQueued, map[string]any{"approvals": given}))
 		}
 		if err := audit.Record(ctx, tx, evs...); err != nil {
+			return err
+		}
+		if err := jobs.NotifyApprovers(ctx, s.river, tx, c.Tenant, r, webhook.EventApproved, c.Principal.Name, v.Comment, given); err != nil {
 			return err
 		}
 		return q.NotifyRun(ctx, r.ID)
