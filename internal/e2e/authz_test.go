@@ -377,3 +377,74 @@ decision := {"outcome": "allow", "reasons": [], "approvals": 0, "approver_roles"
 		t.Errorf("after reload: %v %+v\n%s", err, run, res.stderr)
 	}
 }
+
+// TestRoleMatrix: for each action and each role, the API allows or refuses
+// as the default policy says.
+func TestRoleMatrix(t *testing.T) {
+	t.Parallel()
+	c := startACLCluster(t)
+	e := newACLEnv(t, c)
+	tokens := map[string]string{
+		"submitter": e.token, // alice, who submits the runs below
+		"other":     e.newToken("acme", "frank", "submitter"),
+		"approver":  e.bob,
+		"auditor":   e.newToken("acme", "dave", "auditor"),
+		"admin":     e.newToken("acme", "erin", "admin"),
+	}
+	done := strings.TrimSpace(e.cli(nil, "exec", "-detach", "-node", "^t-1$", "echo hi").stdout)
+	e.cli(nil, "jobs", "wait", done)
+	pending := strings.TrimSpace(e.cli(nil, "exec", "-detach", "-reason", "r", "-node", "^t-3$", "true").stdout)
+	if r := e.show(pending); r.State != "pending_approval" {
+		t.Fatalf("pending run is %s", r.State)
+	}
+	type check struct {
+		action, method, path, body string
+		allowed                    map[string]bool
+		okStatus                   int // the status of an allowed call
+	}
+	roles := []string{"submitter", "other", "approver", "auditor", "admin"}
+	set := func(rs ...string) map[string]bool {
+		m := map[string]bool{}
+		for _, r := range rs {
+			m[r] = true
+		}
+		return m
+	}
+	checks := []check{
+		{"exec.submit", "POST", "/v1/runs", `{"argv": ["true"], "node": "^t-1$", "dry_run": true}`, set("submitter", "other", "admin"), 200},
+		{"run.read", "GET", "/v1/runs/" + done, "", set("submitter", "auditor", "admin"), 200},
+		{"output.read", "GET", "/v1/runs/" + done + "/output?node=t-1", "", set("submitter", "auditor", "admin"), 200},
+		// The run has ended: an allowed cancel is a conflict, not a refusal.
+		{"exec.cancel", "POST", "/v1/runs/" + done + "/cancel", "", set("submitter", "admin"), 409},
+		{"run.read (pending)", "GET", "/v1/runs/" + pending, "", set("submitter", "approver", "auditor", "admin"), 200},
+		// Nobody approves their own run; admins do not approve; the
+		// approver's call comes last and succeeds.
+		{"exec.approve", "POST", "/v1/runs/" + pending + "/approve", "", set("approver"), 200},
+	}
+	for _, ck := range checks {
+		for _, role := range roles {
+			if ck.action == "exec.approve" && role == "approver" {
+				continue
+			}
+			status, body := e.api(tokens[role], ck.method, ck.path, ck.body)
+			want := 403
+			if ck.allowed[role] {
+				want = ck.okStatus
+			}
+			if status != want {
+				t.Errorf("%s as %s: %d, want %d: %s", ck.action, role, status, want, body)
+			}
+		}
+	}
+	if status, body := e.api(e.bob, "POST", "/v1/runs/"+pending+"/approve", ""); status != 200 {
+		t.Errorf("exec.approve as approver: %d %s", status, body)
+	}
+	// run.list: auditors and admins see every run, submitters their own,
+	// the others nothing of alice's.
+	for role, sees := range map[string]bool{"submitter": true, "other": false, "approver": false, "auditor": true, "admin": true} {
+		_, body := e.api(tokens[role], "GET", "/v1/runs", "")
+		if strings.Contains(body, done) != sees {
+			t.Errorf("run.list as %s: sees alice's run %v, want %v", role, !sees, sees)
+		}
+	}
+}
