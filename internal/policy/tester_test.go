@@ -16,6 +16,8 @@ func TestRegoTests(t *testing.T) {
 	}{
 		{note: "embedded default", dir: ""},
 		{note: "default dir", dir: "default"},
+		{note: "allowlist example", dir: "examples/allowlist"},
+		{note: "business-hours example", dir: "examples/business-hours"},
 	} {
 		t.Run(tc.note, func(t *testing.T) {
 			t.Parallel()
