@@ -598,9 +598,19 @@ func TestInputValueIsJSON(t *testing.T) {
 			TagFilter: "v2", Prefix: "_rexec/team", Reason: "INC-1", Wait: 2 * time.Second,
 			WaitRepl: 200 * time.Millisecond, Timeout: time.Hour,
 		},
-		Targets: []Target{{Node: "web-1", Address: "10.0.0.1", Services: []Service{
-			{ID: "app-1", Name: "app", Tags: []string{"v2", "prod"}},
-		}}},
+		Targets: []Target{
+			{Node: "web-1", Address: "10.0.0.1", Services: []Service{
+				{ID: "app-1", Name: "app", Tags: []string{"v2", "prod"}},
+				{ID: "x", Tags: []string{"a:b"}},
+			}},
+			// Shared service terms must stay distinct where fields differ.
+			{Node: "web-2", Address: "10.0.0.2", Services: []Service{
+				{ID: "app-1", Name: "app", Tags: []string{"v2", "prod"}},
+				{ID: "x", Tags: []string{"a", "b"}},
+				{ID: "x", Tags: []string{"ab"}},
+				{ID: "xa", Tags: []string{"b"}},
+			}},
+		},
 		Preflight: Preflight{Checked: true, Allowed: false, Missing: []string{"event:write _rexec"}},
 		Run: &Run{
 			ID: "r-1", State: "pending_approval", SubmittedBy: "alice", SubmittedAt: at,
