@@ -411,6 +411,30 @@ func TestLoadSkipsTestsAndHiddenFiles(t *testing.T) {
 	}
 }
 
+// TestLoadConfigMapLayout: Kubernetes mounts a ConfigMap as symlinks into
+// a hidden, timestamped directory; each file is read once, through its
+// link.
+func TestLoadConfigMapLayout(t *testing.T) {
+	t.Parallel()
+	const policy = "package rexec\n\ndecision := {\"outcome\": \"allow\"}\n"
+	dir := writePolicy(t, map[string]string{"..2025_06_02_10_00_00.1/p.rego": policy})
+	for _, link := range []struct{ name, target string }{
+		{"..data", "..2025_06_02_10_00_00.1"},
+		{"p.rego", "..data/p.rego"},
+	} {
+		if err := os.Symlink(link.target, filepath.Join(dir, link.name)); err != nil {
+			t.Skip("no symlinks here:", err)
+		}
+	}
+	e := newEngine(t, dir)
+	if got := e.current.Load().files; len(got) != 1 || filepath.Base(got[0]) != "p.rego" {
+		t.Errorf("loaded %q, want p.rego once", got)
+	}
+	if e.Revision() != newEngine(t, writePolicy(t, map[string]string{"p.rego": policy})).Revision() {
+		t.Error("the revision depends on the links")
+	}
+}
+
 // TestRevision: the revision is a function of the policy files' relative
 // names and contents, not of where the directory is, nor of its tests.
 func TestRevision(t *testing.T) {

@@ -34,7 +34,7 @@ type TestResult struct {
 	Message string
 	// FailedCases are the failed cases of a data-driven test
 	// (test_x[note] if { some note, c in cases; ... }), sorted, each as
-	// "note: file:line: expression is false or undefined".
+	// "note: " and the failed expression as Message gives it.
 	FailedCases []string
 	// Output is what the test printed with print().
 	Output string
