@@ -323,6 +323,29 @@ func TestDecideFailsClosed(t *testing.T) {
 	}
 }
 
+// TestDecisionNeverFallsThroughToAllow: with the default's rexec.rego, a
+// submit.rego whose approval count is undefined at run time leaves the
+// decision undefined (an error, so a denial), rather than falling through
+// to allow a run that needs approval.
+func TestDecisionNeverFallsThroughToAllow(t *testing.T) {
+	t.Parallel()
+	dir := copyDefault(t)
+	if err := os.WriteFile(filepath.Join(dir, "submit.rego"), []byte(`package rexec
+
+approval_reasons contains "every run" if true
+
+approver_roles := ["approver"]
+
+required_approvals := 2 if input.tenant.name == "other"
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d, err := newEngine(t, dir).Decide(context.Background(), submitInput("alice", []string{"submitter"}, "why"))
+	if !errors.Is(err, ErrInvalidDecision) {
+		t.Errorf("Decide = %+v, %v; want ErrInvalidDecision", d, err)
+	}
+}
+
 func TestDecideIgnoresApprovalFieldsUnlessRequired(t *testing.T) {
 	t.Parallel()
 	e := newEngine(t, writePolicy(t, map[string]string{"p.rego": `package rexec
