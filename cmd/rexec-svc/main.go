@@ -28,6 +28,7 @@ Commands:
   token create   create an API token for a principal (printed alone on the last line)
   token revoke   revoke an API token by its ID
   dev            run everything on this machine for a first look
+  policy test    run a policy directory's Rego tests (default: the embedded policy)
 
 Every flag has an environment fallback, named in its help (rexec-svc <command> -h).
 `
@@ -65,6 +66,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdTokenRevoke(ctx, rest[1:], stdout, stderr)
 	case cmd == "dev":
 		return cmdDev(ctx, rest, stdout, stderr)
+	case cmd == "policy" && len(rest) > 0 && rest[0] == "test":
+		return cmdPolicyTest(ctx, rest[1:], stdout, stderr)
 	case cmd == "-h" || cmd == "--help" || cmd == "help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -2,61 +2,75 @@ package main
 
 import (
 	"context"
-	"log/slog"
-	"os"
-	"os/signal"
-	"os/user"
-	"syscall"
+	"fmt"
+	"io"
+	"strings"
+	"time"
 
-	"github.com/rexec/rexec/internal/audit"
 	"github.com/rexec/rexec/internal/policy"
-	"github.com/rexec/rexec/internal/store"
 )
 
-// loadPolicy loads the policy (dir, or the embedded default) and audits
-// which revision is in force.
-func loadPolicy(ctx context.Context, st *store.Store, log *slog.Logger, dir string) (*policy.Engine, error) {
-	e, err := policy.New(ctx, policy.Config{Dir: dir, Logger: log})
+// cmdPolicyTest runs a policy directory's Rego tests and prints them as
+// `opa test -v` does, so that a policy can be checked before serve loads it.
+// It fails when a test fails, when there are none, and when the policy
+// would not load.
+func cmdPolicyTest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("policy test", stderr)
+	dir := fs.String("dir", "REXEC_POLICY_DIR", "", "policy directory to test, as serve -policy-dir takes it (default: the embedded default policy)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	results, err := policy.RunTests(ctx, *dir)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	err = audit.Record(ctx, st.Pool(), audit.Event{Actor: "rexec-svc", Type: audit.PolicyLoaded,
-		Data: map[string]any{"revision": e.Revision(), "dir": dir, "os_user": osUser()}})
-	return e, err
+	var passed, failed, skipped int
+	for _, r := range results {
+		switch {
+		case r.Skipped:
+			skipped++
+			fmt.Fprintf(stdout, "SKIP %s\n", r.FullName())
+			continue
+		case r.Passed:
+			passed++
+			fmt.Fprintf(stdout, "PASS %s (%s)\n", r.FullName(), r.Duration.Round(time.Microsecond))
+		default:
+			failed++
+			fmt.Fprintf(stdout, "FAIL %s (%s)\n", r.FullName(), r.Duration.Round(time.Microsecond))
+			fmt.Fprintf(stdout, "    %s\n", indent(r.Message))
+			for _, c := range r.FailedCases {
+				fmt.Fprintf(stdout, "    case %s\n", indent(c))
+			}
+		}
+		if out := strings.TrimSpace(r.Output); out != "" {
+			fmt.Fprintf(stdout, "    %s\n", indent(out))
+		}
+	}
+	summary := fmt.Sprintf("%d passed, %d failed", passed, failed)
+	if skipped > 0 {
+		summary += fmt.Sprintf(", %d skipped", skipped)
+	}
+	fmt.Fprintln(stdout, summary)
+
+	// Tests can pass in a directory serve would refuse (no decision rule,
+	// say): load it as serve does, and name the revision decisions will
+	// record.
+	e, err := policy.New(ctx, policy.Config{Dir: *dir})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "revision %s\n", e.Revision())
+	switch {
+	case failed > 0:
+		return fmt.Errorf("%d of %d policy tests failed", failed, passed+failed)
+	case passed == 0:
+		return fmt.Errorf("no policy tests found (rules named test_* in *_test.rego files)")
+	}
+	return nil
 }
 
-// reloadOnHUP reloads the policy on every SIGHUP until ctx ends. A policy
-// that does not compile is refused (logged, and audited) and the one in
-// force stays.
-func reloadOnHUP(ctx context.Context, st *store.Store, log *slog.Logger, e *policy.Engine) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-hup:
-		}
-		previous := e.Revision()
-		data := map[string]any{"previous_revision": previous, "os_user": osUser()}
-		typ := audit.PolicyLoaded
-		if err := e.Reload(ctx); err != nil {
-			typ = audit.PolicyRejected
-			data["error"] = err.Error()
-		}
-		data["revision"] = e.Revision()
-		if err := audit.Record(ctx, st.Pool(), audit.Event{Actor: "rexec-svc", Type: typ, Data: data}); err != nil {
-			log.ErrorContext(ctx, "audit policy reload", slog.Any("error", err))
-		}
-	}
-}
-
-// osUser names the operating-system user running the process, for the
-// audit log.
-func osUser() string {
-	if u, err := user.Current(); err == nil {
-		return u.Username
-	}
-	return os.Getenv("USER")
-}
+// indent makes a multi-line message line up under its test.
+func indent(s string) string { return strings.ReplaceAll(s, "\n", "\n    ") }

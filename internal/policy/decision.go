@@ -26,13 +26,13 @@ type Decision struct {
 	// Outcome is allow, deny or require_approval.
 	Outcome Outcome `json:"outcome"`
 	// Reasons explain a deny, or why approval is needed; they are shown to
-	// the principal and stored with the run. May be empty for allow.
+	// the principal and stored with the run. Never nil; may be empty.
 	Reasons []string `json:"reasons"`
 	// Approvals is the number of distinct approvals a require_approval
 	// outcome needs (at least 1); 0 otherwise.
 	Approvals int `json:"approvals"`
 	// ApproverRoles are the roles whose holders may approve (at least one
-	// for require_approval); empty otherwise.
+	// for require_approval); nil otherwise.
 	ApproverRoles []string `json:"approver_roles"`
 	// Revision identifies the policy that decided (Engine.Revision).
 	Revision string `json:"revision"`
@@ -89,9 +89,12 @@ func parseDecision(v any) (Decision, error) {
 	default:
 		return Decision{}, invalid("unknown outcome %q (want allow, deny or require_approval)", d.Outcome)
 	}
-	if d.Outcome != RequireApproval && (d.Approvals != 0 || len(d.ApproverRoles) > 0) {
+	if d.Outcome != RequireApproval {
 		// Not an error: a policy may build every decision from one template.
 		d.Approvals, d.ApproverRoles = 0, nil
+	}
+	if d.Reasons == nil {
+		d.Reasons = []string{}
 	}
 	return d, nil
 }

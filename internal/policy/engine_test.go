@@ -323,6 +323,29 @@ func TestDecideFailsClosed(t *testing.T) {
 	}
 }
 
+// TestDecisionNeverFallsThroughToAllow: with the default's rexec.rego, a
+// submit.rego whose approval count is undefined at run time leaves the
+// decision undefined (an error, so a denial), rather than falling through
+// to allow a run that needs approval.
+func TestDecisionNeverFallsThroughToAllow(t *testing.T) {
+	t.Parallel()
+	dir := copyDefault(t)
+	if err := os.WriteFile(filepath.Join(dir, "submit.rego"), []byte(`package rexec
+
+approval_reasons contains "every run" if true
+
+approver_roles := ["approver"]
+
+required_approvals := 2 if input.tenant.name == "other"
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d, err := newEngine(t, dir).Decide(context.Background(), submitInput("alice", []string{"submitter"}, "why"))
+	if !errors.Is(err, ErrInvalidDecision) {
+		t.Errorf("Decide = %+v, %v; want ErrInvalidDecision", d, err)
+	}
+}
+
 func TestDecideIgnoresApprovalFieldsUnlessRequired(t *testing.T) {
 	t.Parallel()
 	e := newEngine(t, writePolicy(t, map[string]string{"p.rego": `package rexec
@@ -408,6 +431,30 @@ func TestLoadSkipsTestsAndHiddenFiles(t *testing.T) {
 	e := newEngine(t, dir)
 	if got := e.current.Load().files; len(got) != 2 {
 		t.Errorf("loaded %q, want p.rego and lib/helpers.rego", got)
+	}
+}
+
+// TestLoadConfigMapLayout: Kubernetes mounts a ConfigMap as symlinks into
+// a hidden, timestamped directory; each file is read once, through its
+// link.
+func TestLoadConfigMapLayout(t *testing.T) {
+	t.Parallel()
+	const policy = "package rexec\n\ndecision := {\"outcome\": \"allow\"}\n"
+	dir := writePolicy(t, map[string]string{"..2025_06_02_10_00_00.1/p.rego": policy})
+	for _, link := range []struct{ name, target string }{
+		{"..data", "..2025_06_02_10_00_00.1"},
+		{"p.rego", "..data/p.rego"},
+	} {
+		if err := os.Symlink(link.target, filepath.Join(dir, link.name)); err != nil {
+			t.Skip("no symlinks here:", err)
+		}
+	}
+	e := newEngine(t, dir)
+	if got := e.current.Load().files; len(got) != 1 || filepath.Base(got[0]) != "p.rego" {
+		t.Errorf("loaded %q, want p.rego once", got)
+	}
+	if e.Revision() != newEngine(t, writePolicy(t, map[string]string{"p.rego": policy})).Revision() {
+		t.Error("the revision depends on the links")
 	}
 }
 
@@ -598,9 +645,19 @@ func TestInputValueIsJSON(t *testing.T) {
 			TagFilter: "v2", Prefix: "_rexec/team", Reason: "INC-1", Wait: 2 * time.Second,
 			WaitRepl: 200 * time.Millisecond, Timeout: time.Hour,
 		},
-		Targets: []Target{{Node: "web-1", Address: "10.0.0.1", Services: []Service{
-			{ID: "app-1", Name: "app", Tags: []string{"v2", "prod"}},
-		}}},
+		Targets: []Target{
+			{Node: "web-1", Address: "10.0.0.1", Services: []Service{
+				{ID: "app-1", Name: "app", Tags: []string{"v2", "prod"}},
+				{ID: "x", Tags: []string{"a:b"}},
+			}},
+			// Shared service terms must stay distinct where fields differ.
+			{Node: "web-2", Address: "10.0.0.2", Services: []Service{
+				{ID: "app-1", Name: "app", Tags: []string{"v2", "prod"}},
+				{ID: "x", Tags: []string{"a", "b"}},
+				{ID: "x", Tags: []string{"ab"}},
+				{ID: "xa", Tags: []string{"b"}},
+			}},
+		},
 		Preflight: Preflight{Checked: true, Allowed: false, Missing: []string{"event:write _rexec"}},
 		Run: &Run{
 			ID: "r-1", State: "pending_approval", SubmittedBy: "alice", SubmittedAt: at,

@@ -286,16 +286,37 @@ func (in Input) value() ast.Value {
 	return o
 }
 
+// targets converts the target set. The nodes of a run mostly carry the
+// same service instances (that is how they were selected), and terms are
+// immutable, so each distinct service is made once and shared.
 func targets(ts []Target) *ast.Term {
 	terms := make([]*ast.Term, len(ts))
+	seen := map[string]*ast.Term{}
+	var key strings.Builder
 	for i, t := range ts {
 		services := make([]*ast.Term, len(t.Services))
 		for j, s := range t.Services {
+			key.Reset()
+			field := func(f string) {
+				key.WriteString(strconv.Itoa(len(f)))
+				key.WriteByte(':')
+				key.WriteString(f)
+			}
+			field(s.ID)
+			field(s.Name)
+			for _, tag := range s.Tags {
+				field(tag)
+			}
+			if term, ok := seen[key.String()]; ok {
+				services[j] = term
+				continue
+			}
 			services[j] = ast.ObjectTerm(
 				kv("id", str(s.ID)),
 				kv("name", str(s.Name)),
 				kv("tags", strs(s.Tags)),
 			)
+			seen[key.String()] = services[j]
 		}
 		terms[i] = ast.ObjectTerm(
 			kv("node", str(t.Node)),

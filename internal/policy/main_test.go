@@ -2,6 +2,7 @@ package policy
 
 import (
 	"log/slog"
+	"strings"
 	"testing"
 )
 
@@ -14,6 +15,6 @@ type tWriter struct{ t testing.TB }
 
 func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Helper()
-	w.t.Log(string(p))
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
 	return len(p), nil
 }

@@ -29,11 +29,12 @@ type TestResult struct {
 	// Skipped is true for a todo_test_* rule.
 	Skipped bool
 	// Message says why a test failed: the evaluation error, or the
-	// expression that was false, with its file:line.
+	// expression that was false, with its file:line and the values in it;
+	// for a data-driven test, how many of its cases failed.
 	Message string
 	// FailedCases are the failed cases of a data-driven test
 	// (test_x[note] if { some note, c in cases; ... }), sorted, each as
-	// "note: file:line: expression is false or undefined".
+	// "note: " and the failed expression as Message gives it.
 	FailedCases []string
 	// Output is what the test printed with print().
 	Output string
@@ -98,7 +99,16 @@ func runTests(ctx context.Context, src source, filter string, trace bool) ([]Tes
 	if err != nil {
 		return nil, fmt.Errorf("policy %s: %w", src.label, err)
 	}
-	ch, err := tester.NewRunner().
+	runner := tester.NewRunner()
+	if trace {
+		// As `opa test --var-values`: test rules rewritten so that the
+		// trace holds the values of the expressions that failed.
+		runner.SetCompiler(ast.NewCompiler().
+			WithDefaultRegoVersion(ast.RegoV1).
+			WithEnablePrintStatements(true).
+			WithRewriteTestRules(true))
+	}
+	ch, err := runner.
 		SetDefaultRegoVersion(ast.RegoV1).
 		RaiseBuiltinErrors(true).
 		EnableTracing(trace).
@@ -153,13 +163,14 @@ func convert(r *tester.Result, traced bool) TestResult {
 	switch {
 	case r.Error != nil:
 		t.Message = r.Error.Error()
-	case r.Fail && len(r.SubResults) > 0:
-		t.Message = "some cases failed"
 	case r.Fail:
 		t.Message = failureLine(r.Trace)
 	}
 	t.FailedCases = failedCases(r.SubResults, "", traced)
 	slices.Sort(t.FailedCases)
+	if r.Fail && len(r.SubResults) > 0 {
+		t.Message = fmt.Sprintf("%d of %d cases failed", len(t.FailedCases), countCases(r.SubResults))
+	}
 	return t
 }
 
@@ -184,6 +195,18 @@ func failedCases(m tester.SubResultMap, prefix string, traced bool) []string {
 	return out
 }
 
+func countCases(m tester.SubResultMap) int {
+	n := 0
+	for _, sub := range m {
+		if len(sub.SubResults) > 0 {
+			n += countCases(sub.SubResults)
+		} else {
+			n++
+		}
+	}
+	return n
+}
+
 // failureLine names the last expression that failed in a test's trace, with
 // its file and line, as `opa test --var-values` does; the whole trace is
 // rarely read and long.
@@ -200,7 +223,13 @@ func failureLine(trace []*topdown.Event) string {
 			// The failing expression inside the every body says more.
 			continue
 		}
-		return fmt.Sprintf("%s:%d: %s is false or undefined", e.Location.File, e.Location.Row, expr)
+		// The expression as written, each variable's value under it, as
+		// `opa test --var-values` shows it.
+		var b strings.Builder
+		if err := topdown.PrettyEvent(&b, e, topdown.PrettyEventOpts{PrettyVars: true}); err != nil {
+			return fmt.Sprintf("%s:%d: %s is false or undefined", e.Location.File, e.Location.Row, expr)
+		}
+		return fmt.Sprintf("%s:%d: false or undefined:\n%s", e.Location.File, e.Location.Row, strings.TrimRight(b.String(), "\n"))
 	}
 	return "the test is false or undefined"
 }

@@ -16,6 +16,8 @@ func TestRegoTests(t *testing.T) {
 	}{
 		{note: "embedded default", dir: ""},
 		{note: "default dir", dir: "default"},
+		{note: "allowlist example", dir: "examples/allowlist"},
+		{note: "business-hours example", dir: "examples/business-hours"},
 	} {
 		t.Run(tc.note, func(t *testing.T) {
 			t.Parallel()
@@ -86,7 +88,7 @@ todo_test_later if false
 	}{
 		{name: "test_passes", passed: true},
 		{name: "test_fails", message: `p_test.rego:9: `, output: "looking"},
-		{name: "test_cases", message: "some cases failed", cases: []string{"bad: "}},
+		{name: "test_cases", message: "1 of 2 cases failed", cases: []string{"bad: "}},
 		{name: "test_errors", message: "unknown time zone"},
 		{name: "todo_test_later", skip: true},
 	} {

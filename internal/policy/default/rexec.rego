@@ -264,8 +264,16 @@ decision := {"outcome": "deny", "reasons": deny_reasons, "approvals": 0, "approv
 	"approvals": required_approvals,
 	"approver_roles": approver_roles,
 } if {
-	action == "exec.submit"
-	count(approval_reasons) > 0
+	needs_approval
 } else := {"outcome": "allow", "reasons": [], "approvals": 0, "approver_roles": []} if {
 	permitted
+	not needs_approval
+}
+
+# Stated apart from the approval branch so that the allow branch can ask it
+# too: were required_approvals undefined, say, the approval branch would
+# fall through, and a run needing approval must then not be allowed.
+needs_approval if {
+	action == "exec.submit"
+	count(approval_reasons) > 0
 }
