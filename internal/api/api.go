@@ -101,6 +101,10 @@ func (s *server) route(mux *http.ServeMux, pattern string, h handlerFunc) {
 		defer func() {
 			s.requests.WithLabelValues(pattern, strconv.Itoa(rec.code)).Inc()
 			s.latency.WithLabelValues(pattern).Observe(time.Since(start).Seconds())
+			// Never headers or the query: the Authorization header is a
+			// secret, and the path is all an operator needs.
+			s.log.DebugContext(r.Context(), "request", slog.String("method", r.Method), slog.String("path", r.URL.Path),
+				slog.Int("status", rec.code), slog.Duration("took", time.Since(start)))
 		}()
 		r.Body = http.MaxBytesReader(rec, r.Body, MaxBodyBytes)
 		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
