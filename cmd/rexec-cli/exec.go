@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"time"
@@ -176,6 +177,14 @@ func follow(ctx context.Context, c *client.Client, id string, o followOpts) erro
 	exited := 0
 	for {
 		page, err := c.Stream(ctx, id, cursor, 20*time.Second)
+		if wait, ok := retryable(err); ok {
+			// The server's bound on streams in flight: the run goes on,
+			// and a slot frees as soon as another poll ends.
+			if sleepCtx(ctx, wait) {
+				continue
+			}
+			err = ctx.Err()
+		}
 		if err != nil {
 			prog.clear()
 			if ctx.Err() != nil {
@@ -207,6 +216,32 @@ func follow(ctx context.Context, c *client.Client, id string, o followOpts) erro
 		}
 		prog.clear()
 		return summarize(o, page.Run, page.Nodes)
+	}
+}
+
+// retryable says whether err is a refusal by the server's bounds on
+// requests in flight, and how long to wait before the retry: the server's
+// Retry-After, stretched by up to half at random so that refused followers
+// do not all come back at once.
+func retryable(err error) (time.Duration, bool) {
+	var ce *client.Error
+	if !errors.As(err, &ce) || (ce.Code != "too_many_requests" && ce.Code != "overloaded") {
+		return 0, false
+	}
+	wait := max(ce.RetryAfter, time.Second)
+	return wait + rand.N(wait/2), true
+}
+
+// sleepCtx waits for d, or less if ctx ends; it reports whether it waited
+// out d.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,7 +28,8 @@ Commands:
   approve ID [-comment C]         approve a run pending approval
   deny ID [-comment C]            refuse a run pending approval (it ends denied)
 
-The server and token come from -addr and -token, or REXEC_ADDR and REXEC_TOKEN.
+The server and token come from -addr and -token, or REXEC_ADDR and REXEC_TOKEN;
+for an https:// server, -ca-file or REXEC_CACERT adds a PEM bundle of CAs to trust.
 Exit codes: 0 every expected node exited 0; 2 some node exited non-zero, was lost,
 never acknowledged or was cancelled; 1 an error.
 `
@@ -55,6 +57,10 @@ func exitCode(err error, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintln(stderr, "rexec-cli:", err)
+	var cve *tls.CertificateVerificationError
+	if errors.As(err, &cve) {
+		fmt.Fprintln(stderr, "rexec-cli: the server's certificate is not trusted here: give the CA that signed it with -ca-file or REXEC_CACERT")
+	}
 	return 1
 }
 
@@ -82,15 +88,16 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	return fmt.Errorf("unknown command %q", args[0])
 }
 
-// connFlags adds -addr and -token to fs.
-type connFlags struct{ addr, token *string }
+// connFlags adds -addr, -token and -ca-file to fs.
+type connFlags struct{ addr, token, caFile *string }
 
 // The environment is read after parsing, not used as the flags' defaults:
 // a default shows in -h and usage output, and the token is a secret.
 func addConnFlags(fs *flag.FlagSet) connFlags {
 	return connFlags{
-		addr:  fs.String("addr", "", "rexec-svc address (default $REXEC_ADDR)"),
-		token: fs.String("token", "", "API token (default $REXEC_TOKEN)"),
+		addr:   fs.String("addr", "", "rexec-svc address, http://host:port or https://host:port (default $REXEC_ADDR)"),
+		token:  fs.String("token", "", "API token (default $REXEC_TOKEN)"),
+		caFile: fs.String("ca-file", "", "PEM bundle of CAs to trust for an https address, besides the system's (default $REXEC_CACERT)"),
 	}
 }
 
@@ -101,10 +108,13 @@ func (c connFlags) client() (*client.Client, error) {
 	if *c.token == "" {
 		*c.token = os.Getenv("REXEC_TOKEN")
 	}
+	if *c.caFile == "" {
+		*c.caFile = os.Getenv("REXEC_CACERT")
+	}
 	if *c.token == "" {
 		return nil, errors.New("no API token: set REXEC_TOKEN or -token")
 	}
-	return client.New(*c.addr, *c.token)
+	return client.NewWithConfig(client.Config{Addr: *c.addr, Token: *c.token, CAFile: *c.caFile})
 }
 
 func newFlags(name string, stderr io.Writer) *flag.FlagSet {

@@ -26,8 +26,10 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, withAPI bool
 	fs := newFlagSet(name, stderr)
 	dbURL, level := fs.databaseURL(), fs.logLevel()
 	var listen *string
+	var hf httpFlags
 	if withAPI {
 		listen = fs.String("listen", "REXEC_LISTEN", "127.0.0.1:8080", "HTTP listen address")
+		hf = addHTTPFlags(fs)
 	}
 	workers := fs.Int("workers", "REXEC_WORKERS", jobs.WorkersDefault, "runs carried out at once by this process (0: API only)")
 	workerID := fs.String("worker-id", "REXEC_WORKER_ID", "", "name of this worker in leases and audit events (default: hostname-pid)")
@@ -50,6 +52,15 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, withAPI bool
 	if *workers < 0 {
 		return errors.New("-workers must not be negative")
 	}
+	// Checked, and the certificate read, before anything is started: a
+	// mistyped flag fails at once, not after the database is reached.
+	var httpOpts httpOptions
+	if withAPI {
+		var err error
+		if httpOpts, err = hf.options(); err != nil {
+			return err
+		}
+	}
 	log, err := newLogger(stderr, *level)
 	if err != nil {
 		return err
@@ -62,7 +73,8 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, withAPI bool
 	if err := store.CheckMigrated(ctx, st.Pool()); err != nil {
 		return err
 	}
-	opts := serveOptions{workers: *workers, workerID: *workerID, leaseTTL: *leaseTTL, sessionTTL: *sessionTTL, requeueAfter: *requeueAfter}
+	opts := serveOptions{workers: *workers, workerID: *workerID, leaseTTL: *leaseTTL, sessionTTL: *sessionTTL, requeueAfter: *requeueAfter,
+		http: httpOpts}
 	if withAPI {
 		// A policy that does not compile stops the server before it listens.
 		if opts.policy, err = loadPolicy(ctx, st, log, *policyDir); err != nil {
@@ -86,7 +98,9 @@ type serveOptions struct {
 	sessionTTL, requeueAfter time.Duration
 	// policy decides the API's actions (required with a listener).
 	policy *policy.Engine
-	ready  func(addr string)
+	// http: the API's server and limits; zero values for the defaults.
+	http  httpOptions
+	ready func(addr string)
 }
 
 // serve runs the API and workers until ctx ends, then shuts down: the API
@@ -132,22 +146,24 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 		// stream requests answer at once instead of holding shutdown up.
 		baseCtx, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
 		defer cancelBase()
-		srv = &http.Server{
-			BaseContext: func(net.Listener) context.Context { return baseCtx },
-			Handler: api.Handler(api.Config{Service: svc, Notifier: notifier, Logger: log,
-				Ready: func(ctx context.Context) error { return store.CheckMigrated(ctx, st.Pool()) }}),
-			ReadHeaderTimeout: 10 * time.Second,
-		}
+		o.http.server.Logger = log
+		srv = api.NewServer(o.http.server, api.Handler(api.Config{Service: svc, Notifier: notifier, Logger: log, Limits: o.http.limits,
+			Ready: func(ctx context.Context) error { return store.CheckMigrated(ctx, st.Pool()) }}))
+		srv.BaseContext = func(net.Listener) context.Context { return baseCtx }
 		srv.RegisterOnShutdown(cancelBase)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := srv.Serve(o.listener); !errors.Is(err, http.ErrServerClosed) {
+			if err := api.Serve(srv, o.listener); !errors.Is(err, http.ErrServerClosed) {
 				serveErr = err
 			}
 			cancelRuns()
 		}()
-		log.InfoContext(ctx, "listening", slog.String("addr", o.listener.Addr().String()))
+		scheme := "http"
+		if srv.TLSConfig != nil {
+			scheme = "https"
+		}
+		log.InfoContext(ctx, "listening", slog.String("addr", o.listener.Addr().String()), slog.String("scheme", scheme))
 		if o.ready != nil {
 			o.ready(o.listener.Addr().String())
 		}

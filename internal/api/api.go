@@ -44,6 +44,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Registry receives the API's metrics. Default: a new registry.
 	Registry *prometheus.Registry
+	// Limits bound the requests in flight; see Limits for the defaults.
+	Limits Limits
 }
 
 type server struct {
@@ -51,6 +53,7 @@ type server struct {
 	log      *slog.Logger
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
+	limits   *limiter
 }
 
 // Handler returns the HTTP handler.
@@ -67,6 +70,7 @@ func Handler(cfg Config) http.Handler {
 		latency:  prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "rexec_http_request_seconds", Help: "API request latency by route."}, []string{"route"}),
 	}
 	cfg.Registry.MustRegister(s.requests, s.latency)
+	s.limits = newLimiter(cfg.Limits, cfg.Registry)
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
@@ -77,7 +81,7 @@ func Handler(cfg Config) http.Handler {
 	s.route(mux, "GET /v1/runs/{id}", s.get)
 	s.route(mux, "GET /v1/runs/{id}/nodes", s.nodes)
 	s.route(mux, "GET /v1/runs/{id}/output", s.output)
-	s.route(mux, "GET /v1/runs/{id}/stream", s.stream)
+	s.route(mux, streamRoute, s.stream)
 	s.route(mux, "POST /v1/runs/{id}/cancel", s.cancel)
 	s.route(mux, "POST /v1/runs/{id}/approve", s.verdict(true))
 	s.route(mux, "POST /v1/runs/{id}/deny", s.verdict(false))
@@ -89,15 +93,20 @@ func Handler(cfg Config) http.Handler {
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, c service.Caller) error
 
-// route authenticates, limits the body, times the request and turns the
-// handler's error into a JSON error.
+// route authenticates, limits the body and the requests in flight, times
+// the request and turns the handler's error into a JSON error.
 func (s *server) route(mux *http.ServeMux, pattern string, h handlerFunc) {
+	h = s.limits.admit(pattern, h)
 	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, code: 200}
 		defer func() {
 			s.requests.WithLabelValues(pattern, strconv.Itoa(rec.code)).Inc()
 			s.latency.WithLabelValues(pattern).Observe(time.Since(start).Seconds())
+			// Never headers or the query: the Authorization header is a
+			// secret, and the path is all an operator needs.
+			s.log.DebugContext(r.Context(), "request", slog.String("method", r.Method), slog.String("path", r.URL.Path),
+				slog.Int("status", rec.code), slog.Duration("took", time.Since(start)))
 		}()
 		r.Body = http.MaxBytesReader(rec, r.Body, MaxBodyBytes)
 		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")

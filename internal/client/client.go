@@ -5,12 +5,15 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -25,18 +28,82 @@ type Client struct {
 	http  *http.Client
 }
 
-// New returns a client for addr (http://host:port) with a bearer token.
+// Config configures a Client.
+type Config struct {
+	// Addr is the server: http://host:port or https://host:port; a bare
+	// host:port means http. Required.
+	Addr string
+	// Token is the bearer token sent with every request.
+	Token string
+	// CAFile names a PEM bundle of CA certificates trusted for an https
+	// Addr, besides the system's. Default: the system's alone.
+	CAFile string
+	// TLS is the base TLS configuration for an https Addr (cloned; CAFile
+	// adds to its RootCAs). Default: TLS 1.2 at least, the system's roots.
+	TLS *tls.Config
+}
+
+// New returns a client for addr (http://host:port or https://host:port)
+// with a bearer token; https trusts the system's CAs.
 func New(addr, token string) (*Client, error) {
+	return NewWithConfig(Config{Addr: addr, Token: token})
+}
+
+// NewWithConfig returns a client as cfg says.
+func NewWithConfig(cfg Config) (*Client, error) {
+	addr := cfg.Addr
 	if addr == "" {
 		return nil, errors.New("no server address: set REXEC_ADDR or -addr")
 	}
 	if !strings.Contains(addr, "://") {
 		addr = "http://" + addr
 	}
-	if _, err := url.Parse(addr); err != nil {
+	u, err := url.Parse(addr)
+	if err != nil {
 		return nil, fmt.Errorf("server address: %w", err)
 	}
-	return &Client{base: strings.TrimRight(addr, "/"), token: token, http: &http.Client{}}, nil
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("server address %s: the scheme must be http or https", addr)
+	}
+	tlsConf, err := tlsConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	// A clone of the default transport keeps its proxy settings, dial
+	// timeouts and HTTP/2, which a bare Transport with a TLS configuration
+	// would turn off.
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tlsConf
+	return &Client{base: strings.TrimRight(addr, "/"), token: cfg.Token, http: &http.Client{Transport: tr}}, nil
+}
+
+func tlsConfig(cfg Config) (*tls.Config, error) {
+	conf := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.TLS != nil {
+		conf = cfg.TLS.Clone()
+	}
+	if cfg.CAFile == "" {
+		return conf, nil
+	}
+	pem, err := os.ReadFile(cfg.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("CA file: %w", err)
+	}
+	// Added to the trust, not instead of it: a server whose certificate
+	// chains to a public CA still verifies.
+	pool := conf.RootCAs
+	if pool == nil {
+		if pool, err = x509.SystemCertPool(); err != nil {
+			pool = x509.NewCertPool()
+		}
+	} else {
+		pool = pool.Clone()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("CA file %s: no PEM certificate in it", cfg.CAFile)
+	}
+	conf.RootCAs = pool
+	return conf, nil
 }
 
 // Error is an error response of the API.
@@ -44,6 +111,9 @@ type Error struct {
 	Status int
 	Code   string
 	Msg    string
+	// RetryAfter is the wait the server asked for before a retry (a 429
+	// or 503 from its bounds on requests in flight); zero if none.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string { return e.Msg }
@@ -73,10 +143,18 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	if resp.StatusCode >= 300 {
 		var eb api.ErrorBody
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if json.Unmarshal(b, &eb) != nil || eb.Error == "" {
+		switch {
+		case json.Unmarshal(b, &eb) == nil && eb.Error != "":
+		case resp.StatusCode == http.StatusBadRequest && bytes.HasPrefix(b, []byte(httpsOnly)):
+			eb = api.ErrorBody{Error: fmt.Sprintf("%s speaks HTTPS only: use https:// in the address", c.base), Code: "http"}
+		default:
 			eb = api.ErrorBody{Error: fmt.Sprintf("rexec-svc answered %s", resp.Status), Code: "http"}
 		}
-		return &Error{Status: resp.StatusCode, Code: eb.Code, Msg: eb.Error}
+		e := &Error{Status: resp.StatusCode, Code: eb.Code, Msg: eb.Error}
+		if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs > 0 {
+			e.RetryAfter = time.Duration(secs) * time.Second
+		}
+		return e
 	}
 	if out == nil {
 		return nil
@@ -86,6 +164,9 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	}
 	return nil
 }
+
+// httpsOnly opens net/http's answer to plain HTTP on a TLS port.
+const httpsOnly = "Client sent an HTTP request to an HTTPS server."
 
 // Submit submits a run (or a dry run).
 func (c *Client) Submit(ctx context.Context, req api.SubmitRequest) (api.Run, error) {

@@ -75,8 +75,9 @@ func run(m *testing.M) int {
 type env struct {
 	t       testing.TB
 	db      string
-	addr    string // http://host:port
+	addr    string // http://host:port, or https:// when serve has TLS
 	token   string
+	svcLog  string // log file of the last serve or worker started
 	prefix  string
 	cluster *localconsul.Cluster
 	consul  *api.Client
@@ -166,13 +167,14 @@ func (e *env) newToken(tenant, principal, roles string) string {
 	return out[strings.LastIndex(out, "\n")+1:]
 }
 
-var listening = regexp.MustCompile(`msg=listening addr=(\S+)`)
+var listening = regexp.MustCompile(`msg=listening addr=(\S+)(?: scheme=(https?))?`)
 
 // start runs a long-lived rexec-svc command (serve or worker), stopped at
 // the end of the test; for serve it returns the API's address.
 func (e *env) start(args ...string) string {
 	e.t.Helper()
 	p, logPath := e.startProc(args...)
+	e.svcLog = logPath
 	if args[0] != "serve" {
 		return ""
 	}
@@ -181,6 +183,9 @@ func (e *env) start(args ...string) string {
 	for {
 		b, _ := os.ReadFile(logPath)
 		if m := listening.FindSubmatch(b); m != nil {
+			if len(m[2]) > 0 {
+				return string(m[2]) + "://" + string(m[1])
+			}
 			return "http://" + string(m[1])
 		}
 		if exited, err := p.Exited(); exited {
