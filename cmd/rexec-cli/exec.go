@@ -81,7 +81,13 @@ func cmdExec(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	}
 	switch {
 	case *dryRun:
-		return printDryRun(stdout, run, *asJSON)
+		if err := printDryRun(stdout, run, *asJSON); err != nil {
+			return err
+		}
+		if run.Policy != nil && run.Policy.Outcome == "deny" {
+			return exitError(1) // it would be refused
+		}
+		return nil
 	case *detach:
 		fmt.Fprintln(stdout, run.ID)
 		return nil

@@ -71,9 +71,10 @@ func tenantToken(t *testing.T, c *localconsul.Cluster, prefix, skip string) stri
 // complete Consul token, alice the submitter, bob and carol approvers.
 type aclEnv struct {
 	*env
-	cluster *localconsul.Cluster
-	bob     string
-	carol   string
+	cluster     *localconsul.Cluster
+	bob         string
+	carol       string
+	consulToken string // the tenant's
 }
 
 func newACLEnv(t *testing.T, c *localconsul.Cluster, serveArgs ...string) *aclEnv {
@@ -88,7 +89,7 @@ func newACLEnv(t *testing.T, c *localconsul.Cluster, serveArgs ...string) *aclEn
 	tok := tenantToken(t, c, e.prefix, "")
 	e.svc("tenant", "create", "acme", "-consul-addr", c.Agent("gw").HTTPAddr(), "-prefix", e.prefix, "-consul-token", tok, "-approval-ttl", "1h")
 	e.token = e.newToken("acme", "alice", "submitter")
-	ae := &aclEnv{env: e, cluster: c, bob: e.newToken("acme", "bob", "approver"), carol: e.newToken("acme", "carol", "approver")}
+	ae := &aclEnv{env: e, cluster: c, bob: e.newToken("acme", "bob", "approver"), carol: e.newToken("acme", "carol", "approver"), consulToken: tok}
 	e.addr = e.start(append([]string{"serve", "-listen", "127.0.0.1:0", "-workers", "4", "-worker-id", "serve"}, serveArgs...)...)
 	return ae
 }
@@ -103,13 +104,19 @@ func TestPreflight(t *testing.T) {
 	if res := e.cli(nil, "exec", "-node", "^t-[12]$", "echo hi"); res.code != 0 {
 		t.Fatalf("complete token: exit %d\n%s%s", res.code, res.stdout, res.stderr)
 	}
+	secrets := []string{e.consulToken, e.token, e.bob, e.carol, c.ManagementToken()}
 	for _, r := range tenantRules(e.prefix) {
 		t.Run(r.name, func(t *testing.T) {
 			name := "lacks-" + strings.ReplaceAll(r.name, ":", "-")
-			e.svc("tenant", "create", name, "-consul-addr", c.Agent("gw").HTTPAddr(), "-prefix", e.prefix, "-consul-token", tenantToken(t, c, e.prefix, r.name))
+			consulTok := tenantToken(t, c, e.prefix, r.name)
+			e.svc("tenant", "create", name, "-consul-addr", c.Agent("gw").HTTPAddr(), "-prefix", e.prefix, "-consul-token", consulTok)
 			tok := e.newToken(name, "alice", "submitter")
+			secrets = append(secrets, consulTok, tok)
 			before := e.counts()
 			res := e.cliAs(tok, nil, "exec", "-node", "^t-1$", "echo hi")
+			if strings.Contains(res.stdout+res.stderr, consulTok) {
+				t.Error("the answer holds the tenant's Consul token")
+			}
 			if r.name == "node:read" || r.name == "service:read" {
 				// Without catalog read the targets cannot even be resolved;
 				// either refusal names the problem.
@@ -128,6 +135,16 @@ func TestPreflight(t *testing.T) {
 				t.Error("the refusal was not audited")
 			}
 		})
+	}
+	// With ACLs on, the server's debug log holds no Consul or API token.
+	b, err := os.ReadFile(e.svcLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sec := range secrets {
+		if strings.Contains(string(b), sec) {
+			t.Errorf("the server's log holds a secret (%s…)", sec[:4])
+		}
 	}
 }
 
@@ -411,7 +428,7 @@ func TestRoleMatrix(t *testing.T) {
 		return m
 	}
 	checks := []check{
-		{"exec.submit", "POST", "/v1/runs", `{"argv": ["true"], "node": "^t-1$", "dry_run": true}`, set("submitter", "other", "admin"), 200},
+		{"exec.submit", "POST", "/v1/runs", `{"argv": ["true"], "node": "^t-1$"}`, set("submitter", "other", "admin"), 201},
 		{"run.read", "GET", "/v1/runs/" + done, "", set("submitter", "auditor", "admin"), 200},
 		{"output.read", "GET", "/v1/runs/" + done + "/output?node=t-1", "", set("submitter", "auditor", "admin"), 200},
 		// The run has ended: an allowed cancel is a conflict, not a refusal.
