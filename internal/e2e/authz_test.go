@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/rexec/rexec/internal/localconsul"
 	"github.com/rexec/rexec/internal/testenv"
+	"github.com/rexec/rexec/internal/webhook"
 )
 
 // startACLCluster starts a Consul cluster of its own with ACLs on (default
@@ -305,13 +308,44 @@ func (e *env) api(token, method, path, body string) (int, string) {
 }
 
 // TestApprovalExpiry: a pending run expires into expired without anyone
-// polling, and never fires.
+// polling, and never fires; the tenant's webhook hears that it needed
+// approval and that it expired, signed; a receiver that is down is
+// retried, every attempt audited.
 func TestApprovalExpiry(t *testing.T) {
 	t.Parallel()
 	c := startACLCluster(t)
 	e := newACLEnv(t, c)
+	secret := []byte("webhook-secret-" + strings.Repeat("x", 16))
+	secretFile := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secretFile, secret, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	events := map[string]bool{}
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if err := webhook.Verify(secret, r.Header.Get(webhook.SignatureHeader), r.Header.Get(webhook.TimestampHeader), body, 0); err != nil {
+			t.Errorf("webhook signature: %v", err)
+			w.WriteHeader(400)
+			return
+		}
+		var p struct {
+			Text  string `json:"text"`
+			Rexec struct {
+				Event string `json:"event"`
+			} `json:"rexec"`
+		}
+		if err := json.Unmarshal(body, &p); err != nil || p.Text == "" {
+			t.Errorf("webhook body: %v %s", err, body)
+		}
+		mu.Lock()
+		events[p.Rexec.Event] = true
+		mu.Unlock()
+	}))
+	defer receiver.Close()
 	e.svc("tenant", "create", "hasty", "-consul-addr", c.Agent("gw").HTTPAddr(), "-prefix", e.prefix,
-		"-consul-token", tenantToken(t, c, e.prefix, ""), "-approval-ttl", "2s")
+		"-consul-token", tenantToken(t, c, e.prefix, ""), "-approval-ttl", "2s",
+		"-webhook-url", receiver.URL+"/hook?key=s3cret", "-webhook-secret-file", secretFile)
 	tok := e.newToken("hasty", "alice", "submitter")
 	marker := filepath.Join(t.TempDir(), "ran")
 	res := e.cliAs(tok, nil, "exec", "-reason", "r", "-node", "^t-3$", "touch "+marker)
@@ -320,6 +354,30 @@ func TestApprovalExpiry(t *testing.T) {
 	}
 	if fileExists(marker) {
 		t.Error("an expired run ran")
+	}
+	await(t, time.Minute, "the webhook to hear of the request and the expiry", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return events["approval_requested"] && events["expired"]
+	})
+	if n := e.auditTypeCount("webhook.delivered"); n < 2 {
+		t.Errorf("%d deliveries audited", n)
+	}
+
+	// A receiver that is down: retried, every failed attempt audited.
+	down := httptest.NewServer(http.NotFoundHandler())
+	downURL := down.URL
+	down.Close()
+	e.svc("tenant", "create", "deaf", "-consul-addr", c.Agent("gw").HTTPAddr(), "-prefix", e.prefix,
+		"-consul-token", tenantToken(t, c, e.prefix, ""), "-webhook-url", downURL, "-webhook-secret-file", secretFile)
+	deaf := e.newToken("deaf", "alice", "submitter")
+	if res := e.cliAs(deaf, nil, "exec", "-detach", "-reason", "r", "-node", "^t-3$", "true"); res.code != 0 {
+		t.Fatalf("exec: %d %s", res.code, res.stderr)
+	}
+	await(t, time.Minute, "two failed delivery attempts to be audited", func() bool { return e.auditTypeCount("webhook.failed") >= 2 })
+	// The URL's query (a credential in a Slack webhook URL) is in no log.
+	if b, _ := os.ReadFile(e.svcLog); strings.Contains(string(b), "s3cret") {
+		t.Error("the webhook URL's query reached the log")
 	}
 }
 
