@@ -57,7 +57,7 @@ func startPostgres(t *testing.T) *localpg.Server {
 }
 
 // await polls cond every 50ms until it holds, failing the test after d.
-func await(t *testing.T, d time.Duration, what string, cond func() bool) {
+func await(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
@@ -369,23 +369,12 @@ func TestTenantAgentRestart(t *testing.T) {
 	c := startCluster(t)
 	e := newEnv(t, envOpts{cluster: c, tenantAgent: "gw", leaseTTL: 2 * time.Second})
 	dir := t.TempDir()
-	cmd, gate, want := gatedCommand(dir, 2000)
-	sub := e.cli(nil, "exec", "-detach", "-node", faultNodes, cmd)
-	if sub.code != 0 {
-		t.Fatalf("exec -detach: %d %s", sub.code, sub.stderr)
-	}
-	id := strings.TrimSpace(sub.stdout)
-	await(t, time.Minute, "every node to start", func() bool { return e.allStarted(id, len(faultTargets)) })
+	id, gate, want := e.startGatedRun(dir, 2000)
 
 	gw := c.Agent("gw")
 	gw.Kill()
 	down := time.Now()
-	if err := os.WriteFile(gate, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range faultTargets {
-		await(t, time.Minute, n+" to finish the command", func() bool { return fileExists(filepath.Join(dir, "done-"+n)) })
-	}
+	openGate(t, gate, dir)
 	// The outage under test is 12 s long, not a wait for anything.
 	time.Sleep(12*time.Second - time.Since(down))
 	if err := gw.Restart(ctxT(t, time.Minute)); err != nil {
@@ -401,6 +390,31 @@ func TestTenantAgentRestart(t *testing.T) {
 	}
 }
 
+// startGatedRun submits gatedCommand on the fault cluster's targets and
+// waits until every node runs it.
+func (e *env) startGatedRun(dir string, lines int) (id, gate, want string) {
+	e.t.Helper()
+	cmd, gate, want := gatedCommand(dir, lines)
+	sub := e.cli(nil, "exec", "-detach", "-node", faultNodes, cmd)
+	if sub.code != 0 {
+		e.t.Fatalf("exec -detach: %d %s", sub.code, sub.stderr)
+	}
+	id = strings.TrimSpace(sub.stdout)
+	await(e.t, time.Minute, "every node to start", func() bool { return e.allStarted(id, len(faultTargets)) })
+	return id, gate, want
+}
+
+// openGate lets the gated commands finish and waits until they have.
+func openGate(t *testing.T, gate, dir string) {
+	t.Helper()
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range faultTargets {
+		await(t, time.Minute, n+" to finish the command", func() bool { return fileExists(filepath.Join(dir, "done-"+n)) })
+	}
+}
+
 func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
@@ -413,22 +427,11 @@ func TestConsulServerRestart(t *testing.T) {
 	c := startCluster(t)
 	e := newEnv(t, envOpts{cluster: c, tenantAgent: "gw", leaseTTL: 2 * time.Second})
 	dir := t.TempDir()
-	cmd, gate, want := gatedCommand(dir, 2000)
-	sub := e.cli(nil, "exec", "-detach", "-node", faultNodes, cmd)
-	if sub.code != 0 {
-		t.Fatalf("exec -detach: %d %s", sub.code, sub.stderr)
-	}
-	id := strings.TrimSpace(sub.stdout)
-	await(t, time.Minute, "every node to start", func() bool { return e.allStarted(id, len(faultTargets)) })
+	id, gate, want := e.startGatedRun(dir, 2000)
 
 	server := c.Server()
 	server.Kill()
-	if err := os.WriteFile(gate, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range faultTargets {
-		await(t, time.Minute, n+" to finish the command", func() bool { return fileExists(filepath.Join(dir, "done-"+n)) })
-	}
+	openGate(t, gate, dir)
 	if err := server.Restart(ctxT(t, 2*time.Minute)); err != nil {
 		t.Fatal(err)
 	}

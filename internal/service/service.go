@@ -165,6 +165,22 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 	if err := client.CheckSpec(spec); err != nil {
 		return Submitted{}, planError(err)
 	}
+	// The Consul ACL preflight comes before the catalog is read: a token
+	// that may not read it would otherwise resolve no targets and hide
+	// the permission it lacks.
+	pf, pfRaw, err := s.preflight(ctx, c.Tenant, client, spec.Prefix)
+	if err != nil {
+		return Submitted{}, err
+	}
+	if pf.Checked && !pf.Allowed {
+		reasons := []string{"the tenant's Consul token lacks " + strings.Join(pf.Missing, ", ")}
+		if !sub.DryRun {
+			if err := s.auditRefusal(ctx, c, sub, spec, nil, "", reasons, "", pfRaw); err != nil {
+				return Submitted{}, err
+			}
+		}
+		return Submitted{}, denial(policy.ActionExecSubmit, policy.Decision{Outcome: policy.Deny, Reasons: reasons})
+	}
 	targets, err := client.Resolve(ctx, spec)
 	if err != nil {
 		return Submitted{}, resolveError(err)
@@ -196,21 +212,12 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 	run.StartBy = time.Now().Add(run.StartTimeout)
 	run.RequestHash = store.RequestHash(run)
 
-	// Authorization: the Consul ACL preflight AND the policy.
-	pf, pfRaw, err := s.preflight(ctx, c.Tenant, client, spec.Prefix)
-	if err != nil {
-		return Submitted{}, err
-	}
+	// Authorization: the policy, given the preflight that passed.
 	in := s.input(c, policy.ActionExecSubmit)
 	in.Request, in.Targets, in.Preflight = requestOf(run), policyTargets(targets), pf
 	d, err := s.decide(ctx, in)
 	if err != nil {
 		return Submitted{}, err
-	}
-	if pf.Checked && !pf.Allowed && d.Outcome != policy.Deny {
-		// The preflight binds whatever the policy says.
-		d.Outcome = policy.Deny
-		d.Reasons = append(d.Reasons, "the tenant's Consul token lacks "+strings.Join(pf.Missing, ", "))
 	}
 	run.Preflight = pfRaw
 	run.Policy = store.PolicyDecision{Outcome: string(d.Outcome), Reasons: d.Reasons, Revision: d.Revision,
@@ -224,11 +231,7 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 	}
 	if d.Outcome == policy.Deny {
 		// Nothing is stored but the audited refusal.
-		err := audit.Record(ctx, s.store.Pool(), audit.Event{TenantID: c.Tenant.ID, Actor: c.Principal.Name, Type: audit.RunRefused,
-			Data: map[string]any{"argv": sub.Argv, "script_bytes": len(sub.Script), "node": sub.NodeFilter, "service": sub.ServiceFilter,
-				"tag": sub.TagFilter, "prefix": spec.Prefix, "reason": sub.Reason, "targets": names, "request_hash": run.RequestHash,
-				"reasons": d.Reasons, "policy_revision": d.Revision, "preflight": pfRaw}})
-		if err != nil {
+		if err := s.auditRefusal(ctx, c, sub, spec, names, run.RequestHash, d.Reasons, d.Revision, pfRaw); err != nil {
 			return Submitted{}, err
 		}
 		return Submitted{}, denial(policy.ActionExecSubmit, d)
@@ -267,6 +270,15 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 		return Submitted{}, fmt.Errorf("store run: %w", err)
 	}
 	return Submitted{Run: run, Targets: targets, Decision: d}, nil
+}
+
+// auditRefusal records a refused submission: the one trace it leaves.
+func (s *Service) auditRefusal(ctx context.Context, c Caller, sub Submission, spec consul.Spec, targets []string, hash string,
+	reasons []string, revision string, preflight json.RawMessage) error {
+	return audit.Record(ctx, s.store.Pool(), audit.Event{TenantID: c.Tenant.ID, Actor: c.Principal.Name, Type: audit.RunRefused,
+		Data: map[string]any{"argv": sub.Argv, "script_bytes": len(sub.Script), "node": sub.NodeFilter, "service": sub.ServiceFilter,
+			"tag": sub.TagFilter, "prefix": spec.Prefix, "reason": sub.Reason, "targets": targets, "request_hash": hash,
+			"reasons": reasons, "policy_revision": revision, "preflight": preflight}})
 }
 
 // Spec checks sub as far as it can be without the tenant's Consul and
