@@ -151,6 +151,12 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 			Ready: func(ctx context.Context) error { return store.CheckMigrated(ctx, st.Pool()) }}))
 		srv.BaseContext = func(net.Listener) context.Context { return baseCtx }
 		srv.RegisterOnShutdown(cancelBase)
+		// Read before serving: net/http fills TLSConfig in for HTTP/2 even
+		// on a plain listener, once Serve has started.
+		scheme := "http"
+		if srv.TLSConfig != nil {
+			scheme = "https"
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -159,10 +165,6 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 			}
 			cancelRuns()
 		}()
-		scheme := "http"
-		if srv.TLSConfig != nil {
-			scheme = "https"
-		}
 		log.InfoContext(ctx, "listening", slog.String("addr", o.listener.Addr().String()), slog.String("scheme", scheme))
 		if o.ready != nil {
 			o.ready(o.listener.Addr().String())
