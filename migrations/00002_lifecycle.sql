@@ -5,7 +5,9 @@
 -- lengthen it within the service's bounds.
 ALTER TABLE tenants ADD COLUMN start_timeout_ms bigint NOT NULL DEFAULT 900000 CHECK (start_timeout_ms > 0);
 ALTER TABLE runs ADD COLUMN start_by timestamptz;
-UPDATE runs SET start_by = created_at + interval '15 minutes';
+-- Runs already waiting get the bound from now, not from their submission:
+-- an upgrade must not fail a backlog.
+UPDATE runs SET start_by = greatest(created_at, now()) + interval '15 minutes';
 ALTER TABLE runs ALTER COLUMN start_by SET NOT NULL;
 
 -- The sweeper looks for queued runs that have nobody to carry them out.

@@ -43,9 +43,12 @@ func cmdVerdict(ctx context.Context, approve bool, args []string, stdout, stderr
 	run, err := c.Get(ctx, id)
 	var ce *client.Error
 	switch {
+	case errors.As(err, &ce) && ce.Status == 403 && approve:
+		// Never approve what was not shown.
+		return fmt.Errorf("cannot show run %s, so it is not approved: %w", id, err)
 	case errors.As(err, &ce) && ce.Status == 403:
 		// A run the principal may not read (one no longer pending, say):
-		// the verdict itself gets the telling answer.
+		// the denial itself gets the telling answer.
 	case err != nil:
 		return err
 	default:

@@ -96,6 +96,11 @@ func cmdTenantCreate(ctx context.Context, args []string, stdout, stderr io.Write
 			return errors.New("-webhook-url must be an http or https URL")
 		}
 	}
+	if (*webhookURL == "") != (*webhookSecretFile == "") {
+		// Deliveries without a key are refused by every careful receiver:
+		// approvers would never hear.
+		return errors.New("-webhook-url and -webhook-secret-file go together")
+	}
 	var webhookSecret string
 	if *webhookSecretFile != "" {
 		b, err := os.ReadFile(*webhookSecretFile)

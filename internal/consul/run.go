@@ -317,6 +317,9 @@ func (r *Run) Detach() {
 func (r *Run) Execute(ctx context.Context, h Handler) (*Result, error) {
 	if !r.fired {
 		if err := r.Fire(ctx, nil); err != nil {
+			if errors.Is(err, ErrFireFailed) {
+				r.teardown(ctx)
+			}
 			return nil, err
 		}
 	}
@@ -327,17 +330,26 @@ func (r *Run) Execute(ctx context.Context, h Handler) (*Result, error) {
 	return res, err
 }
 
-// ErrNotFired wraps every error of Fire: nothing was fired, and the run is
-// torn down.
+// ErrNotFired wraps every error of Fire before its before hook succeeded:
+// nothing was fired, and the run is torn down.
 var ErrNotFired = errors.New("nothing fired")
+
+// ErrFireFailed wraps an error of Fire's first event after the before
+// hook succeeded: nothing reached the agents, but the run is left in place
+// for the caller to close.
+var ErrFireFailed = errors.New("the event could not be fired")
 
 // Fire waits wait-repl, calls before (when not nil) at the last moment
 // nothing has been fired — a caller records there that the command may now
-// run — and fires one event per pinned filter. On any error before the
-// first event went out, including an error of before or a cancelled or
-// detached ctx, the run is torn down and the error wraps ErrNotFired. If a
-// later event fails after an earlier one went out, the run goes on: those
-// nodes were told, and the rest will end no_ack.
+// run — and fires one event per pinned filter. On any error up to and
+// including before's, or a cancelled or detached ctx meanwhile, the run is
+// torn down and the error wraps ErrNotFired. Once before has returned nil
+// the events go out whatever happens to ctx, and nothing is torn down
+// here: if the first event fails the error wraps ErrFireFailed and the run
+// is left for the caller to close (it is marked firing elsewhere, and only
+// the caller knows whether it may still tear it down). If a later event
+// fails after an earlier one went out, the run goes on: those nodes were
+// told, and the rest will end no_ack.
 func (r *Run) Fire(ctx context.Context, before func(context.Context) error) error {
 	r.mu.Lock()
 	if r.done || r.fired {
@@ -364,16 +376,14 @@ func (r *Run) Fire(ctx context.Context, before func(context.Context) error) erro
 	payload := encodePayload(r.spec.Prefix, r.session)
 	for i, f := range r.filters {
 		ev := &api.UserEvent{Name: eventName, Payload: payload, NodeFilter: f, ServiceFilter: r.spec.ServiceFilter, TagFilter: r.spec.TagFilter}
-		// Once the first event went out, the rest must go too, whatever
-		// happens to ctx.
-		fctx := ctx
-		if i > 0 {
-			fctx = context.WithoutCancel(ctx)
-		}
+		// Once marked firing, the events must go out whatever happens to
+		// ctx: a cancel that lost the race to the mark is handled after.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), TeardownTimeout)
 		_, _, err := r.c.api.Event().Fire(ev, (&api.WriteOptions{}).WithContext(fctx))
+		cancel()
 		if err != nil {
 			if i == 0 {
-				return fail(fmt.Errorf("fire event: %w", err))
+				return fmt.Errorf("%w: %w", ErrFireFailed, err)
 			}
 			r.c.log.ErrorContext(ctx, "fire event", slog.Int("event", i+1), slog.Int("of", len(r.filters)), slog.Any("error", err))
 			break

@@ -252,8 +252,12 @@ func TestApprovals(t *testing.T) {
 		if r := e.show(id); r.State != "denied" || wait.code != 1 {
 			t.Errorf("after deny: state %s, exit %d", r.State, wait.code)
 		}
-		if res := e.cliAs(e.bob, nil, "approve", id); res.code != 1 || !strings.Contains(res.stderr, "not pending approval") {
-			t.Errorf("approving a denied run: %d %s", res.code, res.stderr)
+		if status, body := e.api(e.bob, "POST", "/v1/runs/"+id+"/approve", ""); status/100 != 4 || !strings.Contains(body, "not pending approval") {
+			t.Errorf("approving a denied run: %d %s", status, body)
+		}
+		// The CLI never approves a run it cannot show.
+		if res := e.cliAs(e.bob, nil, "approve", id); res.code != 1 || !strings.Contains(res.stderr, "not approved") {
+			t.Errorf("rexec-cli approve of a run it cannot show: %d %s", res.code, res.stderr)
 		}
 		// Another tenant's approver gets a not-found, as for a missing run.
 		e.svc("tenant", "create", "other", "-consul-addr", c.Agent("gw").HTTPAddr(), "-prefix", e.prefix)

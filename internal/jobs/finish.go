@@ -83,6 +83,11 @@ func (e *execution) handle(ctx context.Context, events []consul.Event) error {
 // still renewed until the teardown; a lost lease leaves everything to the
 // new holder; a worker that stops first leaves the run for recovery.
 func (e *execution) close(jobCtx context.Context, r *consul.Run, res *consul.Result, state, outcome, msg string) error {
+	// From here the row lock below holds the claim: a renewal would only
+	// queue behind it, holding a second connection.
+	if e.stopLease != nil {
+		e.stopLease()
+	}
 	backoff := 100 * time.Millisecond
 	for failures := 0; ; failures++ {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(jobCtx), consul.TeardownTimeout+consul.HandlerTimeout)

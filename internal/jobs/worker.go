@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -91,10 +92,9 @@ func (w *ExecWorker) Work(ctx context.Context, job *river.Job[ExecArgs]) error {
 		case run.CancelRequested:
 			e.discardUnfired(ctx)
 			return e.close(ctx, nil, nil, store.StateCancelled, string(consul.OutcomeCancelled), "")
-		case time.Now().After(run.StartBy):
-			e.discardUnfired(ctx)
-			return e.close(ctx, nil, nil, store.StateFailed, store.OutcomeNotStarted, store.NotStartedError(run.StartTimeout))
 		}
+		// A passed start bound is judged by the database's clock, not this
+		// worker's: MarkFiring refuses the run then.
 		if msg, err := w.checkApprovals(ctx, run); err != nil {
 			return err
 		} else if msg != "" {
@@ -144,6 +144,9 @@ type execution struct {
 	lastAttempt bool            // River will not retry this job
 	exited      map[string]bool // nodes whose exit this claim stored or saw
 	targets     int             // how many nodes the run expects
+	// stopLease stops renewing the lease (once the run's row is about to
+	// be locked for its end, renewals would only wait on that lock).
+	stopLease func()
 }
 
 func (e *execution) carryOut(jobCtx context.Context) error {
@@ -174,7 +177,9 @@ func (e *execution) carryOut(jobCtx context.Context) error {
 		defer close(leaseDone)
 		e.keepLease(lctx, cancel)
 	}()
-	defer func() { stopLease(); <-leaseDone }()
+	var once sync.Once
+	e.stopLease = func() { once.Do(func() { stopLease(); <-leaseDone }) }
+	defer e.stopLease()
 
 	client, err := e.client()
 	if err != nil {
@@ -219,6 +224,11 @@ func (e *execution) carryOut(jobCtx context.Context) error {
 			failpoint.Inject(failpoint.FiringMarked)
 			return nil
 		})
+		if errors.Is(err, consul.ErrFireFailed) {
+			// Marked firing, yet nothing went out: the run ends here, torn
+			// down under the lease like any other, its nodes no_ack.
+			return e.close(jobCtx, r, nil, store.StateFailed, "", err.Error())
+		}
 		if err != nil {
 			return e.notStarted(jobCtx, ectx, err)
 		}

@@ -61,37 +61,42 @@ func (s *Service) Decide(ctx context.Context, c Caller, id string, v Verdict) (s
 	if err != nil {
 		return store.Run{}, nil, err
 	}
-	approvals, err := s.store.Approvals(ctx, r.ID)
-	if err != nil {
-		return store.Run{}, nil, err
-	}
-	// What holds whatever the policy says: the run's state, no verdict on
-	// one's own run, one verdict each, and the exact request.
-	switch {
-	case r.State != store.StatePendingApproval:
-		return store.Run{}, nil, errorf(ErrConflict, "run %s is %s, not pending approval", r.ID, r.State)
-	case r.SubmittedBy == c.Principal.ID && v.Approve:
-		return store.Run{}, nil, errorf(ErrForbidden, "nobody approves their own run")
-	case slices.ContainsFunc(approvals, func(a store.Approval) bool { return a.PrincipalID == c.Principal.ID }):
-		return store.Run{}, nil, errorf(ErrConflict, "%s has already given a verdict on run %s", c.Principal.Name, r.ID)
-	case v.RequestHash != "" && v.RequestHash != r.RequestHash:
-		return store.Run{}, nil, errorf(ErrConflict, "run %s's request hash is %s, not %s: the request differs from the one approved", r.ID, r.RequestHash, v.RequestHash)
-	case store.RequestHash(r) != r.RequestHash:
-		return store.Run{}, nil, errorf(ErrConflict, "run %s's stored request no longer matches its hash; it cannot be approved", r.ID)
-	}
-	if err := s.authorize(ctx, c, action, &r, approvals); err != nil {
-		return store.Run{}, nil, err
-	}
-	if v.Approve && !slices.ContainsFunc(r.Policy.ApproverRoles, func(role string) bool { return c.Principal.Has(role) }) {
-		return store.Run{}, nil, errorf(ErrForbidden, "approving run %s takes one of the roles %v", r.ID, r.Policy.ApproverRoles)
-	}
+	// Everything is judged on the run as locked: two approvers acting at
+	// once are each judged with the other's verdict in view.
 	err = s.store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
-		state, err := q.LockRunState(ctx, c.Tenant.ID, r.ID)
+		windowPassed, err := q.LockRunState(ctx, c.Tenant.ID, r.ID)
 		if err != nil {
 			return err
 		}
-		if state != store.StatePendingApproval {
-			return errorf(ErrConflict, "run %s is %s, not pending approval", r.ID, state)
+		if r, err = q.GetRun(ctx, c.Tenant.ID, r.ID); err != nil {
+			return err
+		}
+		approvals, err := q.Approvals(ctx, r.ID)
+		if err != nil {
+			return err
+		}
+		// The policy first: what follows tells the run's state.
+		if err := s.authorize(ctx, c, action, &r, approvals); err != nil {
+			return err
+		}
+		// What holds whatever the policy says: the run's state and window,
+		// no approving one's own run, one verdict each, an approving role,
+		// and the exact request.
+		switch {
+		case r.State != store.StatePendingApproval:
+			return errorf(ErrConflict, "run %s is %s, not pending approval", r.ID, r.State)
+		case windowPassed:
+			return errorf(ErrConflict, "run %s's approval window has passed; it expires", r.ID)
+		case r.SubmittedBy == c.Principal.ID && v.Approve:
+			return errorf(ErrForbidden, "nobody approves their own run")
+		case slices.ContainsFunc(approvals, func(a store.Approval) bool { return a.PrincipalID == c.Principal.ID }):
+			return errorf(ErrConflict, "%s has already given a verdict on run %s", c.Principal.Name, r.ID)
+		case v.Approve && !slices.ContainsFunc(r.Policy.ApproverRoles, func(role string) bool { return c.Principal.Has(role) }):
+			return errorf(ErrForbidden, "approving run %s takes one of the roles %v", r.ID, r.Policy.ApproverRoles)
+		case v.RequestHash != "" && v.RequestHash != r.RequestHash:
+			return errorf(ErrConflict, "run %s's request hash is %s, not %s: the request differs from the one shown", r.ID, r.RequestHash, v.RequestHash)
+		case store.RequestHash(r) != r.RequestHash:
+			return errorf(ErrConflict, "run %s's stored request no longer matches its hash; it cannot be approved", r.ID)
 		}
 		verdict := store.VerdictDeny
 		if v.Approve {
@@ -154,7 +159,7 @@ func (s *Service) Decide(ctx context.Context, c Caller, id string, v Verdict) (s
 	if r, err = s.runOf(ctx, c, r.ID); err != nil {
 		return store.Run{}, nil, err
 	}
-	approvals, err = s.store.Approvals(ctx, r.ID)
+	approvals, err := s.store.Approvals(ctx, r.ID)
 	return r, approvals, err
 }
 

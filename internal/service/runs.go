@@ -3,7 +3,6 @@ package service
 import (
 	"context"
 	"errors"
-	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -56,17 +55,44 @@ func (s *Service) List(ctx context.Context, c Caller, f store.ListFilter) ([]sto
 	if f.Limit <= 0 {
 		f.Limit = 50
 	}
-	runs, err := s.store.ListRuns(ctx, c.Tenant.ID, f)
-	if err != nil {
-		return nil, nil, err
-	}
 	// A principal who may list the tenant's runs sees them all; any other
-	// sees those it may read (a submitter its own, an approver its inbox).
+	// sees those it may read (a submitter its own, an approver its inbox),
+	// page after page of the tenant's until the limit is filled, so that
+	// the cursor after the last one shown finds the older ones.
+	all := true
 	if err := s.authorize(ctx, c, policy.ActionRunList, nil, nil); err != nil {
 		if !errors.Is(err, ErrForbidden) {
 			return nil, nil, err
 		}
-		runs = slices.DeleteFunc(runs, func(r store.Run) bool { return s.authorizeRun(ctx, c, policy.ActionRunRead, r) != nil })
+		all = false
+	}
+	var runs []store.Run
+	g := f
+	for scanned := 0; len(runs) < f.Limit && scanned < maxListScan; {
+		page, err := s.store.ListRuns(ctx, c.Tenant.ID, g)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, r := range page {
+			if !all {
+				err := s.authorizeRun(ctx, c, policy.ActionRunRead, r)
+				if errors.Is(err, ErrForbidden) {
+					continue
+				}
+				if err != nil {
+					return nil, nil, err
+				}
+			}
+			if runs = append(runs, r); len(runs) == f.Limit {
+				break
+			}
+		}
+		if len(page) < g.Limit {
+			break // the tenant's runs are exhausted
+		}
+		last := page[len(page)-1]
+		g.BeforeAt, g.BeforeID = &last.CreatedAt, last.ID
+		scanned += len(page)
 	}
 	ids := make([]string, len(runs))
 	for i, r := range runs {
@@ -75,6 +101,9 @@ func (s *Service) List(ctx context.Context, c Caller, f store.ListFilter) ([]sto
 	nodes, err := s.store.RunsNodes(ctx, ids)
 	return runs, nodes, err
 }
+
+// maxListScan bounds the runs one List reads to fill a filtered page.
+const maxListScan = 5000
 
 // Nodes returns a run's per-node results.
 func (s *Service) Nodes(ctx context.Context, c Caller, id string) (store.Run, []store.NodeResult, error) {

@@ -227,6 +227,10 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 		run.ApprovalTTL = cmp.Or(c.Tenant.ApprovalTTL, store.ApprovalTTLDefault)
 	}
 	if sub.DryRun {
+		if d.Outcome == policy.Deny {
+			// A principal the policy refuses learns why, not the catalog.
+			run.Targets, targets = nil, nil
+		}
 		return Submitted{Run: run, Targets: targets, DryRun: true, Decision: d}, nil
 	}
 	if d.Outcome == policy.Deny {

@@ -99,18 +99,19 @@ type Approval struct {
 // ErrAlreadyDecided means the principal already gave a verdict on the run.
 var ErrAlreadyDecided = errors.New("already approved or denied by this principal")
 
-const queryLockPending = `SELECT state FROM runs WHERE tenant_id = $1 AND id = $2::uuid FOR UPDATE`
+const queryLockPending = `SELECT coalesce(approval_expires_at < now(), false) FROM runs WHERE tenant_id = $1 AND id = $2::uuid FOR UPDATE`
 
-// LockRunState locks the tenant's run for a verdict and returns its state.
-func (q *Queries) LockRunState(ctx context.Context, tenantID int64, runID string) (string, error) {
+// LockRunState locks the tenant's run for a verdict and reports whether
+// its approval window has passed (by the database's clock; the sweep that
+// expires it may not have run yet).
+func (q *Queries) LockRunState(ctx context.Context, tenantID int64, runID string) (windowPassed bool, err error) {
 	if !IsUUID(runID) {
-		return "", fmt.Errorf("lock run: %w", ErrNotFound)
+		return false, fmt.Errorf("lock run: %w", ErrNotFound)
 	}
-	var state string
-	if err := q.db.QueryRow(ctx, queryLockPending, tenantID, runID).Scan(&state); err != nil {
-		return "", fmt.Errorf("lock run: %w", notFound(err))
+	if err := q.db.QueryRow(ctx, queryLockPending, tenantID, runID).Scan(&windowPassed); err != nil {
+		return false, fmt.Errorf("lock run: %w", notFound(err))
 	}
-	return state, nil
+	return windowPassed, nil
 }
 
 const queryInsertApproval = `INSERT INTO approvals (run_id, principal_id, principal_name, roles, verdict, comment, request_hash)
