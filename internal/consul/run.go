@@ -343,10 +343,11 @@ var ErrFireFailed = errors.New("the event could not be fired")
 // nothing has been fired — a caller records there that the command may now
 // run — and fires one event per pinned filter. On any error up to and
 // including before's, or a cancelled or detached ctx meanwhile, the run is
-// torn down and the error wraps ErrNotFired. Once before has returned nil
-// the events go out whatever happens to ctx, and nothing is torn down
-// here: if the first event fails the error wraps ErrFireFailed and the run
-// is left for the caller to close (it is marked firing elsewhere, and only
+// torn down and the error wraps ErrNotFired, as is a failed first event
+// when there is no before hook. Once before has returned nil the events go
+// out whatever happens to ctx, and nothing is torn down here: if the first
+// event fails the error wraps ErrFireFailed and the run is left for the
+// caller to close (it is marked firing elsewhere, and only
 // the caller knows whether it may still tear it down). If a later event
 // fails after an earlier one went out, the run goes on: those nodes were
 // told, and the rest will end no_ack.
@@ -376,12 +377,19 @@ func (r *Run) Fire(ctx context.Context, before func(context.Context) error) erro
 	payload := encodePayload(r.spec.Prefix, r.session)
 	for i, f := range r.filters {
 		ev := &api.UserEvent{Name: eventName, Payload: payload, NodeFilter: f, ServiceFilter: r.spec.ServiceFilter, TagFilter: r.spec.TagFilter}
-		// Once marked firing, the events must go out whatever happens to
-		// ctx: a cancel that lost the race to the mark is handled after.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), TeardownTimeout)
+		// Once marked firing (or once one event went out), the events must
+		// go out whatever happens to ctx: a cancel that lost the race to
+		// the mark is handled after.
+		fctx, cancel := ctx, context.CancelFunc(func() {})
+		if before != nil || i > 0 {
+			fctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), TeardownTimeout)
+		}
 		_, _, err := r.c.api.Event().Fire(ev, (&api.WriteOptions{}).WithContext(fctx))
 		cancel()
 		if err != nil {
+			if i == 0 && before == nil {
+				return fail(fmt.Errorf("fire event: %w", err))
+			}
 			if i == 0 {
 				return fmt.Errorf("%w: %w", ErrFireFailed, err)
 			}
