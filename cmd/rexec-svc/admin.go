@@ -16,8 +16,8 @@ import (
 
 	"github.com/rexec/rexec/internal/audit"
 	"github.com/rexec/rexec/internal/consul"
-	"github.com/rexec/rexec/internal/jobs"
 	"github.com/rexec/rexec/internal/store"
+	"github.com/rexec/rexec/internal/tenantconsul"
 )
 
 func cmdMigrate(ctx context.Context, args []string, stderr io.Writer) error {
@@ -130,7 +130,7 @@ func cmdTenantCreate(ctx context.Context, args []string, stdout, stderr io.Write
 		TLS: store.TLS{CAFile: *caFile, CertFile: *certFile, KeyFile: *keyFile, ServerName: *serverName},
 	}
 	// The engine validates what it can of the connection before anything is stored.
-	if _, err := consul.New(jobs.ConsulConfig(t)); err != nil {
+	if _, err := consul.New(tenantconsul.Config(t)); err != nil {
 		return err
 	}
 	if err := (consul.Spec{Argv: []string{"true"}, Prefix: t.Prefix}).WithDefaults().Validate(0); err != nil {

@@ -44,6 +44,7 @@ import (
 
 	"github.com/rexec/rexec/internal/consul"
 	"github.com/rexec/rexec/internal/store"
+	"github.com/rexec/rexec/internal/tenantconsul"
 	"github.com/rexec/rexec/internal/webhook"
 )
 
@@ -178,7 +179,7 @@ func NewClient(cfg Config) (*river.Client[pgx.Tx], error) {
 	}
 	if cfg.Workers > 0 {
 		workers := river.NewWorkers()
-		river.AddWorker(workers, &ExecWorker{cfg: cfg, clients: NewClients(cfg.ConsulConfig)})
+		river.AddWorker(workers, &ExecWorker{cfg: cfg, clients: tenantconsul.NewClients(cfg.ConsulConfig)})
 		river.AddWorker(workers, &RecoverWorker{cfg: cfg})
 		if err := webhook.AddWorkers(workers, webhook.Config{Targets: webhookTargets{cfg.Store}, Recorder: deliveryAudit{cfg.Store},
 			Logger: cfg.Logger}); err != nil {
@@ -202,23 +203,6 @@ func NewClient(cfg Config) (*river.Client[pgx.Tx], error) {
 		return nil, fmt.Errorf("river client: %w", err)
 	}
 	return client, nil
-}
-
-// ConsulConfig is the engine configuration for a tenant.
-func ConsulConfig(t store.Tenant) consul.Config {
-	return consul.Config{
-		Address:    t.ConsulAddr,
-		Datacenter: t.Datacenter,
-		Token:      t.ConsulToken,
-		TLS: consul.TLSConfig{
-			Enabled:            t.TLS.Enabled,
-			CAFile:             t.TLS.CAFile,
-			CertFile:           t.TLS.CertFile,
-			KeyFile:            t.TLS.KeyFile,
-			ServerName:         t.TLS.ServerName,
-			InsecureSkipVerify: t.TLS.InsecureSkipVerify,
-		},
-	}
 }
 
 // SpecOf rebuilds the engine spec of a stored run.

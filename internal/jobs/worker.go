@@ -18,6 +18,7 @@ import (
 	"github.com/rexec/rexec/internal/consul"
 	"github.com/rexec/rexec/internal/failpoint"
 	"github.com/rexec/rexec/internal/store"
+	"github.com/rexec/rexec/internal/tenantconsul"
 )
 
 // errCancelRequested is the cause with which a run's engine context is
@@ -35,7 +36,7 @@ const MaxRecoveries = 20
 type ExecWorker struct {
 	river.WorkerDefaults[ExecArgs]
 	cfg     Config
-	clients *Clients
+	clients *tenantconsul.Clients
 }
 
 // Work claims the run, executes or re-attaches it, and finishes it.

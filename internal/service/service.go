@@ -23,6 +23,7 @@ import (
 	"github.com/rexec/rexec/internal/jobs"
 	"github.com/rexec/rexec/internal/policy"
 	"github.com/rexec/rexec/internal/store"
+	"github.com/rexec/rexec/internal/tenantconsul"
 )
 
 // Error kinds the API maps to statuses.
@@ -64,7 +65,7 @@ type Service struct {
 	store      *store.Store
 	river      *river.Client[pgx.Tx]
 	log        *slog.Logger
-	clients    *jobs.Clients
+	clients    *tenantconsul.Clients
 	policy     *policy.Engine
 	preflights preflightCache
 }
@@ -89,7 +90,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Service{store: cfg.Store, river: cfg.River, log: cfg.Logger, clients: jobs.NewClients(cfg.ConsulConfig), policy: cfg.Policy}, nil
+	return &Service{store: cfg.Store, river: cfg.River, log: cfg.Logger, clients: tenantconsul.NewClients(cfg.ConsulConfig), policy: cfg.Policy}, nil
 }
 
 // Authenticate resolves a bearer token.

@@ -1,4 +1,8 @@
-package jobs
+// Package tenantconsul keeps one engine client per tenant: the tenant's
+// Consul connection settings turned into a consul.Config, and a pool of
+// clients so that connections to a tenant's agent are reused across runs
+// and submissions. The service and the workers both use it.
+package tenantconsul
 
 import (
 	"sync"
@@ -30,7 +34,7 @@ func NewClients(adjust func(*consul.Config)) *Clients {
 // Get returns the client for the tenant's current configuration, with
 // extra settings applied by mod (nil for none).
 func (c *Clients) Get(t store.Tenant, mod func(*consul.Config)) (*consul.Client, error) {
-	cfg := ConsulConfig(t)
+	cfg := Config(t)
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -56,4 +60,21 @@ func sameConfig(a, b consul.Config) bool {
 	a.Logger, b.Logger = nil, nil
 	a.HTTPClient, b.HTTPClient = nil, nil
 	return a == b
+}
+
+// Config is the engine configuration for a tenant.
+func Config(t store.Tenant) consul.Config {
+	return consul.Config{
+		Address:    t.ConsulAddr,
+		Datacenter: t.Datacenter,
+		Token:      t.ConsulToken,
+		TLS: consul.TLSConfig{
+			Enabled:            t.TLS.Enabled,
+			CAFile:             t.TLS.CAFile,
+			CertFile:           t.TLS.CertFile,
+			KeyFile:            t.TLS.KeyFile,
+			ServerName:         t.TLS.ServerName,
+			InsecureSkipVerify: t.TLS.InsecureSkipVerify,
+		},
+	}
 }
