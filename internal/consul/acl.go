@@ -213,14 +213,7 @@ func (c *Client) sessionNode(ctx context.Context, self selfInfo) (string, error)
 	case self.dc == c.cfg.Datacenter:
 		return self.node, nil
 	}
-	svcs, _, err := c.api.Health().Service("consul", "", true, (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return "", fmt.Errorf("find a Consul server in datacenter %s: %w", c.cfg.Datacenter, err)
-	}
-	if len(svcs) == 0 {
-		return "", fmt.Errorf("find a Consul server in datacenter %s: none is healthy", c.cfg.Datacenter)
-	}
-	return svcs[0].Node.Node, nil
+	return c.foreignServer(ctx)
 }
 
 // authorize asks Consul's authorize endpoint about perms. aclsOn is false

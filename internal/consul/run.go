@@ -189,16 +189,13 @@ func (c *Client) createSession(ctx context.Context) (string, error) {
 		}
 		localDC, _ := self["Config"]["Datacenter"].(string)
 		if localDC != c.cfg.Datacenter {
-			svcs, _, err := c.api.Health().Service("consul", "", true, (&api.QueryOptions{}).WithContext(ctx))
+			server, err := c.foreignServer(ctx)
 			if err != nil {
-				return "", fmt.Errorf("find a Consul server in datacenter %s: %w", c.cfg.Datacenter, err)
-			}
-			if len(svcs) == 0 {
-				return "", fmt.Errorf("find a Consul server in datacenter %s: none is healthy", c.cfg.Datacenter)
+				return "", err
 			}
 			localNode, _ := self["Config"]["NodeName"].(string)
 			entry.Name = fmt.Sprintf("%s via %s@%s", sessionName, localNode, localDC)
-			entry.Node = svcs[0].Node.Node
+			entry.Node = server
 		}
 	}
 	id, _, err := c.api.Session().CreateNoChecks(entry, wo)
@@ -206,6 +203,20 @@ func (c *Client) createSession(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("create session: %w", err)
 	}
 	return id, nil
+}
+
+// foreignServer is the node a session in the configured (foreign)
+// datacenter is bound to: its first healthy Consul server. The ACL
+// preflight asks about the same node.
+func (c *Client) foreignServer(ctx context.Context) (string, error) {
+	svcs, _, err := c.api.Health().Service("consul", "", true, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return "", fmt.Errorf("find a Consul server in datacenter %s: %w", c.cfg.Datacenter, err)
+	}
+	if len(svcs) == 0 {
+		return "", fmt.Errorf("find a Consul server in datacenter %s: none is healthy", c.cfg.Datacenter)
+	}
+	return svcs[0].Node.Node, nil
 }
 
 // Discard destroys a session and deletes its run's tree under prefix: for

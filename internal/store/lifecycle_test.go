@@ -159,16 +159,23 @@ func TestRegainLeaseAfterOutage(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
 	r := b.insertRun(t, time.Hour, "n1")
-	if claimed, _, err := b.st.ClaimRun(ctx, r.ID, "a", time.Millisecond); err != nil || !claimed {
-		t.Fatal(claimed, err)
-	}
-	awaitT(t, func() bool { return b.get(t, r.ID).State == StateRunning && leaseExpired(t, b, r.ID) })
+	b.claimExpired(t, r, "a")
 	if _, err := b.st.RenewLease(ctx, r.ID, "a", time.Minute); err != nil {
 		t.Fatalf("renew an expired but untaken lease: %v", err)
 	}
 	if claimed, _, err := b.st.ClaimRun(ctx, r.ID, "b", time.Minute); err != nil || claimed {
 		t.Fatalf("another claim after the renewal: %v %v", claimed, err)
 	}
+}
+
+// claimExpired claims r for owner with a lease that has expired by the
+// time it returns, as after a worker's death or a database outage.
+func (b *bundle) claimExpired(t *testing.T, r Run, owner string) {
+	t.Helper()
+	if claimed, _, err := b.st.ClaimRun(context.Background(), r.ID, owner, time.Millisecond); err != nil || !claimed {
+		t.Fatal(claimed, err)
+	}
+	awaitT(t, func() bool { return leaseExpired(t, b, r.ID) })
 }
 
 func leaseExpired(t *testing.T, b *bundle, id string) bool {
@@ -187,10 +194,7 @@ func TestLockLeaseFences(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
 	r := b.insertRun(t, time.Hour, "n1")
-	if claimed, _, err := b.st.ClaimRun(ctx, r.ID, "a", time.Millisecond); err != nil || !claimed {
-		t.Fatal(claimed, err)
-	}
-	awaitT(t, func() bool { return leaseExpired(t, b, r.ID) })
+	b.claimExpired(t, r, "a")
 	tx, err := b.st.Pool().Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
