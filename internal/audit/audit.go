@@ -1,11 +1,13 @@
 // Package audit writes rexec's append-only audit log: one event per fact,
-// in the same transaction as the change it records. (The hash chain and the
-// query interface build on this table.)
+// in the same transaction as the change it records, each event stored as
+// its canonical encoding (the leaf that package auditlog puts in the
+// tenant's transparency log).
 package audit
 
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -46,11 +48,56 @@ const (
 
 // Event is one audited fact. Data must never hold a secret.
 type Event struct {
-	TenantID int64  // 0 for events outside any tenant
+	TenantID int64  // 0 for events outside any tenant (the system log)
 	RunID    string // empty when not about a run
-	Actor    string // principal name, "worker:<id>" or "admin"
+	Node     string // the node the fact is about, if one
+	Actor    string // principal name, "worker:<id>", "admin" or "rexec-svc"
 	Type     string
-	Data     map[string]any
+
+	// Where the fact came from: the API request that caused it and its
+	// client's address, or the operating-system user of an admin command.
+	RequestID  string
+	ClientAddr string
+	OSUser     string
+
+	Data map[string]any
+	// Time is when the fact happened; Record fills in the present.
+	Time time.Time
+}
+
+// TimeFormat is how a body writes its time: RFC 3339 in UTC with
+// microseconds (PostgreSQL's precision), always the same length.
+const TimeFormat = "2006-01-02T15:04:05.000000Z"
+
+// Body returns the event's canonical encoding (docs/audit.md): the leaf
+// that the tenant's transparency log hashes, and the row's only source of
+// truth.
+func (e Event) Body() ([]byte, error) {
+	if e.Type == "" || e.Actor == "" {
+		return nil, fmt.Errorf("audit event without type or actor")
+	}
+	t := e.Time
+	if t.IsZero() {
+		t = time.Now()
+	}
+	b := map[string]any{
+		"type":  e.Type,
+		"actor": e.Actor,
+		"time":  t.UTC().Truncate(time.Microsecond).Format(TimeFormat),
+	}
+	if e.TenantID != 0 {
+		b["tenant"] = e.TenantID
+	}
+	for k, v := range map[string]string{"run": e.RunID, "node": e.Node, "request_id": e.RequestID,
+		"client_addr": e.ClientAddr, "os_user": e.OSUser} {
+		if v != "" {
+			b[k] = v
+		}
+	}
+	if len(e.Data) > 0 {
+		b["data"] = e.Data
+	}
+	return Canonical(b)
 }
 
 // Execer is a transaction (or pool) to write through.
@@ -58,18 +105,29 @@ type Execer interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
-const queryRecord = `INSERT INTO audit_events (tenant_id, run_id, actor, type, data) VALUES (nullif($1, 0), nullif($2, '')::uuid, $3, $4, $5)`
+// queryRecord appends bodies in their order: one round trip for all of a
+// transaction's events.
+const queryRecord = `INSERT INTO audit_events (body) SELECT b FROM unnest($1::text[]) WITH ORDINALITY AS u(b, n) ORDER BY n`
 
-// Record appends events.
+// Record appends events, in the caller's transaction when db is one.
 func Record(ctx context.Context, db Execer, events ...Event) error {
-	for _, e := range events {
-		data := e.Data
-		if data == nil {
-			data = map[string]any{}
+	if len(events) == 0 {
+		return nil
+	}
+	now := time.Now()
+	bodies := make([]string, len(events))
+	for i, e := range events {
+		if e.Time.IsZero() {
+			e.Time = now
 		}
-		if _, err := db.Exec(ctx, queryRecord, e.TenantID, e.RunID, e.Actor, e.Type, data); err != nil {
+		b, err := e.Body()
+		if err != nil {
 			return fmt.Errorf("audit %s: %w", e.Type, err)
 		}
+		bodies[i] = string(b)
+	}
+	if _, err := db.Exec(ctx, queryRecord, bodies); err != nil {
+		return fmt.Errorf("audit %s: %w", events[0].Type, err)
 	}
 	return nil
 }
