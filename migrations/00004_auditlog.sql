@@ -85,13 +85,14 @@ CREATE TABLE audit_hashes (
     PRIMARY KEY (log_id, idx)
 );
 -- Every signed checkpoint, one per integration that grew the tree.
--- horizon: every event of the log from a transaction below it is in the
--- tree, and none at or above it.
+-- (last_txid, last_event) is the last event integrated: the tree holds
+-- exactly the log's events ordered at or before it by (txid, id).
 CREATE TABLE audit_checkpoints (
     log_id     bigint NOT NULL,
     size       bigint NOT NULL CHECK (size > 0),
     root       bytea NOT NULL CHECK (length(root) = 32),
-    horizon    xid8 NOT NULL,
+    last_txid  xid8 NOT NULL,
+    last_event bigint NOT NULL,
     note       text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (log_id, size)
