@@ -44,7 +44,7 @@ type Config struct {
 	Interval time.Duration
 	// Batch is how many events one transaction integrates at most.
 	// Default 5000.
-	Batch int
+	Batch  int
 	Logger *slog.Logger
 }
 

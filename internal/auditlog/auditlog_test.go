@@ -5,7 +5,6 @@ import (
 	"errors"
 	"testing"
 
-
 	"github.com/rexec/rexec/internal/audit"
 	"github.com/rexec/rexec/internal/auditlog"
 	"github.com/rexec/rexec/internal/auditproof"
@@ -161,4 +160,3 @@ func TestIntegratorsTakeTurns(t *testing.T) {
 		t.Errorf("integrated %d (%v), want 10", n, err)
 	}
 }
-

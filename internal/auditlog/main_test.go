@@ -68,7 +68,7 @@ func setup(t *testing.T, tenants ...string) *fixture {
 func (f *fixture) newLog() *auditlog.Log {
 	l, err := auditlog.New(f.pool, auditlog.Config{Signer: f.signer, Batch: 1000, Interval: 20 * time.Millisecond,
 		Logger: testenv.Logger(f.t),
-		Logs: func(context.Context) (map[int64]string, error) { return f.tenants, nil }})
+		Logs:   func(context.Context) (map[int64]string, error) { return f.tenants, nil }})
 	if err != nil {
 		f.t.Fatal(err)
 	}
