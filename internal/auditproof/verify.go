@@ -98,7 +98,7 @@ func (v *Verifier) Add(l Leaf) error {
 	}
 	h := LeafHash(l.Body)
 	if h != l.Hash {
-		return &Mismatch{Leaf: l.Index, EventID: l.EventID, Reason: "its body does not hash to the leaf logged for it: the event was changed after it was logged"}
+		return &Mismatch{Leaf: l.Index, EventID: l.EventID, Reason: "its body does not hash to the leaf logged at this position: the event was changed, moved or inserted after it was logged"}
 	}
 	if err := v.rng.Append(h[:], nil); err != nil {
 		return fmt.Errorf("append leaf %d: %w", l.Index, err)
