@@ -27,6 +27,12 @@ Commands:
   jobs cancel ID                  cancel a run
   approve ID [-comment C]         approve a run pending approval
   deny ID [-comment C]            refuse a run pending approval (it ends denied)
+  audit checkpoint                print the audit log's latest signed checkpoint (keep it)
+  audit verify [-since-checkpoint FILE]
+                                  recompute the audit log and check it against its signed
+                                  checkpoints (and a kept one); exit 1 names the first bad event
+  audit prove RUN                 write a run's events with inclusion proofs (JSON) to stdout
+  audit verify-bundle FILE        check a proof bundle offline; no server needed
 
 The server and token come from -addr and -token, or REXEC_ADDR and REXEC_TOKEN;
 for an https:// server, -ca-file or REXEC_CACERT adds a PEM bundle of CAs to trust.
@@ -80,6 +86,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return cmdJobs(ctx, args[1], args[2:], stdout, stderr)
 	case "approve", "deny":
 		return cmdVerdict(ctx, args[0] == "approve", args[1:], stdout, stderr)
+	case "audit":
+		if len(args) > 1 && auditLogCommands[args[1]] {
+			return cmdAuditLog(ctx, args[1], args[2:], stdin, stdout, stderr)
+		}
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"net"
+
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/rexec/rexec/internal/localconsul"
 	"github.com/rexec/rexec/internal/localpg"
@@ -69,9 +72,19 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	return serve(ctx, st, log, serveOptions{listener: l, workers: 4, workerID: "dev", policy: pol, ready: func(addr string) {
+	// A key of dev's own, gone when dev stops, like everything else here.
+	skey, vkey, err := note.GenerateKey(rand.Reader, "rexec-dev")
+	if err != nil {
+		return err
+	}
+	signer, err := note.NewSigner(skey)
+	if err != nil {
+		return err
+	}
+	return serve(ctx, st, log, serveOptions{listener: l, workers: 4, workerID: "dev", policy: pol, auditSigner: signer, ready: func(addr string) {
 		fmt.Fprintf(stderr, "==> rexec is running: tenant dev, Consul nodes %v, database %s\n", cluster.Names(), pg.URL("postgres"))
 		fmt.Fprintln(stderr, "==> paste these lines, then try: rexec-cli exec uptime   (Ctrl-C stops everything)")
-		fmt.Fprintf(stdout, "export REXEC_ADDR=http://%s\nexport REXEC_TOKEN=%s\nexport CONSUL_HTTP_ADDR=%s\n", addr, token, cluster.Agent("web-1").HTTPAddr())
+		fmt.Fprintf(stdout, "export REXEC_ADDR=http://%s\nexport REXEC_TOKEN=%s\nexport CONSUL_HTTP_ADDR=%s\nexport REXEC_AUDIT_PUBKEY=%s\n",
+			addr, token, cluster.Agent("web-1").HTTPAddr(), vkey)
 	}})
 }

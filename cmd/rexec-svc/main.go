@@ -29,6 +29,7 @@ Commands:
   token revoke   revoke an API token by its ID
   dev            run everything on this machine for a first look
   policy test    run a policy directory's Rego tests (default: the embedded policy)
+  audit keygen   make the key that signs the audit log's checkpoints
 
 Every flag has an environment fallback, named in its help (rexec-svc <command> -h).
 `
@@ -68,6 +69,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdDev(ctx, rest, stdout, stderr)
 	case cmd == "policy" && len(rest) > 0 && rest[0] == "test":
 		return cmdPolicyTest(ctx, rest[1:], stdout, stderr)
+	case cmd == "audit" && len(rest) > 0 && rest[0] == "keygen":
+		return cmdAuditKeygen(ctx, rest[1:], stdout, stderr)
 	case cmd == "-h" || cmd == "--help" || cmd == "help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -11,7 +11,10 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/mod/sumdb/note"
+
 	"github.com/rexec/rexec/internal/api"
+	"github.com/rexec/rexec/internal/auditlog"
 	"github.com/rexec/rexec/internal/jobs"
 	"github.com/rexec/rexec/internal/policy"
 	"github.com/rexec/rexec/internal/service"
@@ -36,6 +39,8 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, withAPI bool
 	leaseTTL := fs.Duration("lease-ttl", "REXEC_LEASE_TTL", jobs.LeaseTTLDefault, "how long a worker's claim on a run holds without renewal; a dead worker's runs are recovered after it")
 	sessionTTL := fs.Duration("session-ttl", "REXEC_SESSION_TTL", 0, "TTL of runs' Consul sessions: how long the agents' unread output outlives a dead worker (default: 60s, or six lease TTLs if more)")
 	requeueAfter := fs.Duration("requeue-after", "REXEC_REQUEUE_AFTER", jobs.RequeueAfterDefault, "a run queued this long is checked for a live job and re-queued without one")
+	auditKeyFile := fs.String("audit-key-file", "REXEC_AUDIT_KEY_FILE", "", "private key (from rexec-svc audit keygen) to sign audit checkpoints with; without one this process logs no events into the tenants' transparency logs")
+	auditInterval := fs.Duration("audit-interval", "REXEC_AUDIT_INTERVAL", auditlog.IntervalDefault, "how often new audit events are logged and a checkpoint signed")
 	var policyDir *string
 	if withAPI {
 		policyDir = fs.String("policy-dir", "REXEC_POLICY_DIR", "", "directory of Rego policies replacing the embedded default; SIGHUP reloads it")
@@ -61,6 +66,13 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, withAPI bool
 			return err
 		}
 	}
+	var signer note.Signer
+	if *auditKeyFile != "" {
+		var err error
+		if signer, err = readAuditKey(*auditKeyFile); err != nil {
+			return err
+		}
+	}
 	log, err := newLogger(stderr, *level)
 	if err != nil {
 		return err
@@ -74,7 +86,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, withAPI bool
 		return err
 	}
 	opts := serveOptions{workers: *workers, workerID: *workerID, leaseTTL: *leaseTTL, sessionTTL: *sessionTTL, requeueAfter: *requeueAfter,
-		http: httpOpts}
+		http: httpOpts, auditSigner: signer, auditInterval: *auditInterval}
 	if withAPI {
 		// A policy that does not compile stops the server before it listens.
 		if opts.policy, err = loadPolicy(ctx, st, log, *policyDir); err != nil {
@@ -99,8 +111,12 @@ type serveOptions struct {
 	// policy decides the API's actions (required with a listener).
 	policy *policy.Engine
 	// http: the API's server and limits; zero values for the defaults.
-	http  httpOptions
-	ready func(addr string)
+	http httpOptions
+	// auditSigner, when set, makes this process log audit events and
+	// sign checkpoints, every auditInterval (zero: the default).
+	auditSigner   note.Signer
+	auditInterval time.Duration
+	ready         func(addr string)
 }
 
 // serve runs the API and workers until ctx ends, then shuts down: the API
@@ -117,6 +133,18 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 		wg.Add(1)
 		go func() { defer wg.Done(); cancels.Run(nctx) }()
 	}
+	alog, err := auditlog.New(st.Pool(), auditlog.Config{Signer: o.auditSigner, Logs: st.TenantNames,
+		Interval: o.auditInterval, Logger: log})
+	if err != nil {
+		return err
+	}
+	if o.auditSigner != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = alog.Run(nctx) }()
+		log.InfoContext(ctx, "signing audit checkpoints", slog.String("key", o.auditSigner.Name()))
+	} else {
+		log.WarnContext(ctx, "no -audit-key-file: this process signs no audit checkpoints; events wait for a process that does")
+	}
 	rc, err := jobs.NewClient(jobs.Config{Store: st, Workers: o.workers, WorkerID: o.workerID, LeaseTTL: o.leaseTTL,
 		SessionTTL: o.sessionTTL, RequeueAfter: o.requeueAfter, Cancels: cancels, Logger: log})
 	if err != nil {
@@ -131,7 +159,7 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 	var srv *http.Server
 	var serveErr error
 	if o.listener != nil {
-		svc, err := service.New(service.Config{Store: st, River: rc, Logger: log, Policy: o.policy})
+		svc, err := service.New(service.Config{Store: st, River: rc, Logger: log, Policy: o.policy, AuditLog: alog})
 		if err != nil {
 			return err
 		}

@@ -85,6 +85,11 @@ func Handler(cfg Config) http.Handler {
 	s.route(mux, "POST /v1/runs/{id}/cancel", s.cancel)
 	s.route(mux, "POST /v1/runs/{id}/approve", s.verdict(true))
 	s.route(mux, "POST /v1/runs/{id}/deny", s.verdict(false))
+	s.route(mux, "GET /v1/audit/checkpoint", s.auditCheckpoint)
+	s.route(mux, "GET /v1/audit/checkpoints", s.auditCheckpoints)
+	s.route(mux, "GET /v1/audit/leaves", s.auditLeaves)
+	s.route(mux, "GET /v1/audit/consistency", s.auditConsistency)
+	s.route(mux, "GET /v1/runs/{id}/audit-bundle", s.auditBundle)
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})

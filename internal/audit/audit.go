@@ -31,6 +31,7 @@ const (
 	RunCancelAsked = "run.cancel_requested"
 	RunCancelled   = "run.cancelled"
 	OutputRead     = "output.read"
+	AuditExported  = "audit.exported" // the log read for verification, or a run's proof bundle
 
 	// Authorization.
 	RunRefused        = "run.refused" // a submission the preflight or the policy denied; nothing stored

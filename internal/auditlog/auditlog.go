@@ -31,6 +31,10 @@ var ErrEmpty = errors.New("the audit log has no checkpoint yet")
 // ErrNotFound is returned for a leaf, size or run the log does not hold.
 var ErrNotFound = errors.New("not in the audit log")
 
+// IntervalDefault is how often new events are integrated by default: an
+// event is in a signed checkpoint about this long after it commits.
+const IntervalDefault = 500 * time.Millisecond
+
 // Config configures a Log.
 type Config struct {
 	// Signer signs checkpoints. Without one the Log only reads: it serves
@@ -40,17 +44,18 @@ type Config struct {
 	// (log id = tenant id); the system log is always integrated too.
 	Logs func(ctx context.Context) (map[int64]string, error)
 	// Interval is how often the integrator looks for new events.
-	// Default 500 ms.
+	// Default IntervalDefault.
 	Interval time.Duration
 	// Batch is how many events one transaction integrates at most.
 	// Default 5000.
-	Batch  int
+	Batch int
+	// Logger logs failed integrations (they are retried).
 	Logger *slog.Logger
 }
 
 func (c Config) withDefaults() Config {
 	if c.Interval <= 0 {
-		c.Interval = 500 * time.Millisecond
+		c.Interval = IntervalDefault
 	}
 	if c.Batch <= 0 {
 		c.Batch = 5000

@@ -27,6 +27,10 @@ import (
 // bins holds the rexec binaries, built once for the package.
 var bins struct{ svc, cli, consul string }
 
+// auditKey is the package's audit signing key (a file) and its public key:
+// every rexec-svc signs with it, every rexec-cli verifies with it.
+var auditKey struct{ file, pub string }
+
 // The cluster: five clients, one of which never acknowledges.
 var agents = []localconsul.AgentConfig{
 	{Name: "web-1", Services: []localconsul.Service{{Name: "web", Tags: []string{"v1", "blue"}}}},
@@ -68,6 +72,13 @@ func run(m *testing.M) int {
 		return 1
 	}
 	bins.svc, bins.cli = filepath.Join(dir, "rexec-svc"), filepath.Join(dir, "rexec-cli")
+	auditKey.file = filepath.Join(dir, "audit.key")
+	out, err := exec.Command(bins.svc, "audit", "keygen", "-name", "rexec-e2e", "-out", auditKey.file).Output()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: audit keygen:", err)
+		return 1
+	}
+	auditKey.pub = strings.TrimSpace(string(out))
 	return testenv.Run(m, testenv.Options{Postgres: true, Consul: &localconsul.Config{Clients: agents}})
 }
 
@@ -208,7 +219,8 @@ func (e *env) startProcEnv(env []string, args ...string) (*childproc.Process, st
 	e.t.Helper()
 	logPath := filepath.Join(e.t.TempDir(), "svc.log")
 	p, err := childproc.Start(bins.svc, args, childproc.Options{
-		Env:     append([]string{"REXEC_DATABASE_URL=" + e.db, "REXEC_LOG_LEVEL=debug"}, env...),
+		Env: append([]string{"REXEC_DATABASE_URL=" + e.db, "REXEC_LOG_LEVEL=debug",
+			"REXEC_AUDIT_KEY_FILE=" + auditKey.file, "REXEC_AUDIT_INTERVAL=200ms"}, env...),
 		LogPath: logPath,
 	})
 	if err != nil {
@@ -243,7 +255,7 @@ func (e *env) cli(stdin []byte, args ...string) cliResult {
 func (e *env) cliAs(token string, stdin []byte, args ...string) cliResult {
 	e.t.Helper()
 	cmd := exec.Command(bins.cli, args...)
-	cmd.Env = append(os.Environ(), "REXEC_ADDR="+e.addr, "REXEC_TOKEN="+token)
+	cmd.Env = append(os.Environ(), "REXEC_ADDR="+e.addr, "REXEC_TOKEN="+token, "REXEC_AUDIT_PUBKEY="+auditKey.pub)
 	return e.runCmd(cmd, stdin)
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/rexec/rexec/internal/audit"
+	"github.com/rexec/rexec/internal/auditlog"
 	"github.com/rexec/rexec/internal/consul"
 	"github.com/rexec/rexec/internal/jobs"
 	"github.com/rexec/rexec/internal/policy"
@@ -68,6 +69,7 @@ type Service struct {
 	clients    *tenantconsul.Clients
 	policy     *policy.Engine
 	preflights preflightCache
+	auditLog   *auditlog.Log
 }
 
 // Config configures a Service.
@@ -80,17 +82,19 @@ type Config struct {
 	ConsulConfig func(*consul.Config)
 	// Policy decides every action (required).
 	Policy *policy.Engine
+	// AuditLog serves the tenants' transparency logs (required).
+	AuditLog *auditlog.Log
 }
 
 // New returns a Service.
 func New(cfg Config) (*Service, error) {
-	if cfg.Store == nil || cfg.River == nil || cfg.Policy == nil {
-		return nil, errors.New("service: Store, River and Policy are required")
+	if cfg.Store == nil || cfg.River == nil || cfg.Policy == nil || cfg.AuditLog == nil {
+		return nil, errors.New("service: Store, River, Policy and AuditLog are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Service{store: cfg.Store, river: cfg.River, log: cfg.Logger, clients: tenantconsul.NewClients(cfg.ConsulConfig), policy: cfg.Policy}, nil
+	return &Service{store: cfg.Store, river: cfg.River, log: cfg.Logger, clients: tenantconsul.NewClients(cfg.ConsulConfig), policy: cfg.Policy, auditLog: cfg.AuditLog}, nil
 }
 
 // Authenticate resolves a bearer token.

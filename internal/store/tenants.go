@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // TLS is a tenant's HTTPS settings for its Consul agent.
@@ -78,6 +80,25 @@ func (q *Queries) CreateTenant(ctx context.Context, t Tenant) (Tenant, error) {
 	}
 	if err != nil {
 		return Tenant{}, fmt.Errorf("create tenant: %w", err)
+	}
+	return out, nil
+}
+
+const queryTenantNames = `SELECT id, name FROM tenants`
+
+// TenantNames returns every tenant's name by id.
+func (q *Queries) TenantNames(ctx context.Context) (map[int64]string, error) {
+	rows, err := q.db.Query(ctx, queryTenantNames)
+	if err != nil {
+		return nil, fmt.Errorf("tenant names: %w", err)
+	}
+	out := map[int64]string{}
+	var (
+		id   int64
+		name string
+	)
+	if _, err := pgx.ForEachRow(rows, []any{&id, &name}, func() error { out[id] = name; return nil }); err != nil {
+		return nil, fmt.Errorf("tenant names: %w", err)
 	}
 	return out, nil
 }

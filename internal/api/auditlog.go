@@ -1,0 +1,147 @@
+package api
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/rexec/rexec/internal/auditproof"
+	"github.com/rexec/rexec/internal/service"
+)
+
+// The tenant's transparency log, for `rexec-cli audit checkpoint|verify|
+// prove` (docs/audit.md).
+
+// Checkpoint is a signed checkpoint.
+type Checkpoint struct {
+	Size int64     `json:"size"`
+	Time time.Time `json:"time"`
+	// Note is the signed note: the checkpoint text and its signature.
+	Note string `json:"note"`
+}
+
+// CheckpointList is a page of checkpoints, smallest first.
+type CheckpointList struct {
+	Checkpoints []Checkpoint `json:"checkpoints"`
+}
+
+// Leaf is a log entry: an event's body at its index, and the leaf hash
+// stored when it was logged. Body is null when the event is gone.
+type Leaf struct {
+	Index   int64     `json:"index"`
+	EventID int64     `json:"event_id"`
+	Body    *string   `json:"body"`
+	Hash    tlog.Hash `json:"hash"`
+}
+
+// LeafList is a page of leaves.
+type LeafList struct {
+	Leaves []Leaf `json:"leaves"`
+}
+
+// ConsistencyProof proves that the log at Size extends the log at Old.
+type ConsistencyProof struct {
+	Old   int64          `json:"old"`
+	Size  int64          `json:"size"`
+	Proof tlog.TreeProof `json:"proof"`
+}
+
+func (s *server) auditCheckpoint(w http.ResponseWriter, r *http.Request, c service.Caller) error {
+	size, err := intQuery(r, "size", 0)
+	if err != nil {
+		return err
+	}
+	cp, err := s.cfg.Service.AuditCheckpoint(r.Context(), c, size)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, 200, Checkpoint{Size: cp.Size, Time: cp.Time, Note: cp.Note})
+	return nil
+}
+
+func (s *server) auditCheckpoints(w http.ResponseWriter, r *http.Request, c service.Caller) error {
+	after, err := intQuery(r, "after", 0)
+	if err != nil {
+		return err
+	}
+	limit, err := intQuery(r, "limit", auditproof.CheckpointPage)
+	if err != nil {
+		return err
+	}
+	cps, err := s.cfg.Service.AuditCheckpoints(r.Context(), c, after, int(limit))
+	if err != nil {
+		return err
+	}
+	out := CheckpointList{Checkpoints: make([]Checkpoint, len(cps))}
+	for i, cp := range cps {
+		out.Checkpoints[i] = Checkpoint{Size: cp.Size, Time: cp.Time, Note: cp.Note}
+	}
+	writeJSON(w, 200, out)
+	return nil
+}
+
+func (s *server) auditLeaves(w http.ResponseWriter, r *http.Request, c service.Caller) error {
+	from, err := intQuery(r, "from", 0)
+	if err != nil {
+		return err
+	}
+	to, err := intQuery(r, "to", from+auditproof.LeafPage)
+	if err != nil {
+		return err
+	}
+	leaves, err := s.cfg.Service.AuditLeaves(r.Context(), c, from, to, r.URL.Query().Get("start") == "true")
+	if err != nil {
+		return err
+	}
+	out := LeafList{Leaves: make([]Leaf, len(leaves))}
+	for i, l := range leaves {
+		out.Leaves[i] = Leaf{Index: l.Index, EventID: l.EventID, Hash: l.Hash}
+		if l.Body != nil {
+			b := string(l.Body)
+			out.Leaves[i].Body = &b
+		}
+	}
+	writeJSON(w, 200, out)
+	return nil
+}
+
+func (s *server) auditConsistency(w http.ResponseWriter, r *http.Request, c service.Caller) error {
+	old, err := intQuery(r, "old", 0)
+	if err != nil {
+		return err
+	}
+	size, err := intQuery(r, "size", 0)
+	if err != nil {
+		return err
+	}
+	p, err := s.cfg.Service.AuditConsistency(r.Context(), c, old, size)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, 200, ConsistencyProof{Old: old, Size: size, Proof: p})
+	return nil
+}
+
+func (s *server) auditBundle(w http.ResponseWriter, r *http.Request, c service.Caller) error {
+	b, err := s.cfg.Service.AuditBundle(r.Context(), c, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, 200, b)
+	return nil
+}
+
+// intQuery reads a non-negative integer query parameter.
+func intQuery(r *http.Request, name string, def int64) (int64, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return 0, invalid("%s must be a non-negative number", name)
+	}
+	return n, nil
+}
