@@ -15,7 +15,7 @@ import (
 )
 
 var (
-	exportLine = regexp.MustCompile(`(?m)^export (REXEC_ADDR|REXEC_TOKEN|CONSUL_HTTP_ADDR)=(\S+)$`)
+	exportLine = regexp.MustCompile(`(?m)^export (REXEC_ADDR|REXEC_TOKEN|CONSUL_HTTP_ADDR|REXEC_AUDIT_PUBKEY)=(\S+)$`)
 	devDBLine  = regexp.MustCompile(`database postgres://[^@]+@([^/]+)/`)
 )
 
@@ -32,7 +32,7 @@ func TestDevMode(t *testing.T) {
 	ctx := ctxT(t, 2*time.Minute)
 	vars := map[string]string{}
 	var log []byte
-	for len(vars) < 3 {
+	for len(vars) < 4 {
 		log, _ = os.ReadFile(logPath)
 		for _, m := range exportLine.FindAllSubmatch(log, -1) {
 			vars[string(m[1])] = string(m[2])
@@ -60,6 +60,21 @@ func TestDevMode(t *testing.T) {
 	}
 	if !strings.HasSuffix(string(out), "4 / 4 node(s) completed / acknowledged\n") {
 		t.Errorf("closing line:\n%s", out)
+	}
+
+	// The dev key signs the audit log, and the printed public key checks it.
+	for {
+		cmd := exec.Command(bins.cli, "audit", "verify")
+		cmd.Env = append(os.Environ(), "REXEC_ADDR="+vars["REXEC_ADDR"], "REXEC_TOKEN="+vars["REXEC_TOKEN"], "REXEC_AUDIT_PUBKEY="+vars["REXEC_AUDIT_PUBKEY"])
+		out, err := cmd.CombinedOutput()
+		if err == nil && strings.Contains(string(out), "audit log rexec-dev/tenant/dev verified") {
+			break
+		}
+		// The run's events are logged about half a second after they commit.
+		if ctx.Err() != nil {
+			t.Fatalf("audit verify in dev mode: %v\n%s", err, out)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 
 	// Ctrl-C: everything stops, and nothing answers any more.
