@@ -18,7 +18,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	testenv.Main(m, testenv.Options{Postgres: true})
+	testenv.Main(m, testenv.Options{Postgres: true, Migrate: store.MigrateAndGrant})
 }
 
 // fixture is one test's database with tenants, a signing key and a log.
@@ -35,14 +35,12 @@ type fixture struct {
 func setup(t *testing.T, tenants ...string) *fixture {
 	t.Helper()
 	ctx := context.Background()
-	st, err := store.Open(ctx, testenv.Database(t))
+	// The log is written and read as the service's database role.
+	st, err := store.Open(ctx, testenv.Migrated(t).Service)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
-	if err := store.Migrate(ctx, st.Pool(), testenv.Logger(t)); err != nil {
-		t.Fatal(err)
-	}
 	f := &fixture{t: t, pool: st.Pool(), st: st, tenants: map[int64]string{}}
 	for _, name := range tenants {
 		tn, err := st.CreateTenant(ctx, store.Tenant{Name: name, ConsulAddr: "127.0.0.1:8500", Prefix: "_rexec", OutputCap: 1 << 20})
