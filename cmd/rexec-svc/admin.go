@@ -32,6 +32,9 @@ func cmdMigrate(ctx context.Context, args []string, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
+	if err := store.ValidateRoleName(*role); err != nil {
+		return err
+	}
 	log, err := newLogger(stderr, *level)
 	if err != nil {
 		return err
