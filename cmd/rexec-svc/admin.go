@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/url"
 	"os"
 	"slices"
@@ -23,22 +24,33 @@ import (
 func cmdMigrate(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlagSet("migrate", stderr)
 	dbURL, level := fs.databaseURL(), fs.logLevel()
+	role := fs.String("service-role", "REXEC_SERVICE_ROLE", store.ServiceRoleDefault,
+		"the database role serve, worker, tenant and token connect as: created (WITH LOGIN, no password) unless it exists, and granted only what the service needs; -database-url connects as the tables' owner")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
+	if err := store.ValidateRoleName(*role); err != nil {
+		return err
+	}
 	log, err := newLogger(stderr, *level)
 	if err != nil {
 		return err
 	}
-	st, err := openStore(ctx, *dbURL)
+	return migrateAs(ctx, *dbURL, *role, log)
+}
+
+// migrateAs migrates the database at ownerURL, connecting as the tables'
+// owner, and grants role the service's privileges.
+func migrateAs(ctx context.Context, ownerURL, role string, log *slog.Logger) error {
+	st, err := openStore(ctx, ownerURL)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	return store.Migrate(ctx, st.Pool(), log)
+	return store.MigrateAndGrant(ctx, st.Pool(), role, log)
 }
 
 func cmdTenantCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {

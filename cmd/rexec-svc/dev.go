@@ -52,14 +52,16 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	defer cluster.Stop()
 
-	st, err := store.Open(ctx, pg.URL("postgres"))
+	// Migrated as the server's superuser, served as the service role, as
+	// in production (README, Database roles).
+	if err := migrateAs(ctx, pg.URL("postgres"), store.ServiceRoleDefault, log); err != nil {
+		return err
+	}
+	st, err := store.Open(ctx, pg.URLAs(store.ServiceRoleDefault, "postgres"))
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	if err := store.Migrate(ctx, st.Pool(), log); err != nil {
-		return err
-	}
 	if _, err := st.CreateTenant(ctx, store.Tenant{Name: "dev", ConsulAddr: cluster.Agent("web-1").HTTPAddr(),
 		Prefix: "_rexec", OutputCap: 1 << 20}); err != nil {
 		return err
@@ -82,7 +84,8 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	return serve(ctx, st, log, serveOptions{listener: l, workers: 4, workerID: "dev", policy: pol, auditSigner: signer, ready: func(addr string) {
-		fmt.Fprintf(stderr, "==> rexec is running: tenant dev, Consul nodes %v, database %s\n", cluster.Names(), pg.URL("postgres"))
+		fmt.Fprintf(stderr, "==> rexec is running: tenant dev, Consul nodes %v, database %s (the service connects as %s)\n",
+			cluster.Names(), pg.URL("postgres"), store.ServiceRoleDefault)
 		fmt.Fprintln(stderr, "==> paste these lines, then try: rexec-cli exec uptime   (Ctrl-C stops everything)")
 		fmt.Fprintf(stdout, "export REXEC_ADDR=http://%s\nexport REXEC_TOKEN=%s\nexport CONSUL_HTTP_ADDR=%s\nexport REXEC_AUDIT_PUBKEY=%s\n",
 			addr, token, cluster.Agent("web-1").HTTPAddr(), vkey)

@@ -21,7 +21,8 @@ import (
 const usage = `Usage: rexec-svc <command> [flags]
 
 Commands:
-  migrate        apply River's and rexec's database migrations (safe to repeat)
+  migrate        apply River's and rexec's database migrations as the tables' owner and
+                 grant the service's database role its privileges (safe to repeat)
   serve          run the HTTP API and workers
   worker         run workers only
   tenant create  create a tenant

@@ -18,32 +18,33 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	testenv.Main(m, testenv.Options{Postgres: true})
+	testenv.Main(m, testenv.Options{Postgres: true, Migrate: store.MigrateAndGrant})
 }
 
 // fixture is one test's database with tenants, a signing key and a log.
 type fixture struct {
-	t       *testing.T
-	pool    *pgxpool.Pool
-	st      *store.Store
-	tenants map[int64]string
-	key     note.Verifier
-	signer  note.Signer
-	log     *auditlog.Log
+	t    *testing.T
+	pool *pgxpool.Pool
+	st   *store.Store
+	// ownerURL connects as the database's superuser, to tamper with.
+	ownerURL string
+	tenants  map[int64]string
+	key      note.Verifier
+	signer   note.Signer
+	log      *auditlog.Log
 }
 
 func setup(t *testing.T, tenants ...string) *fixture {
 	t.Helper()
 	ctx := context.Background()
-	st, err := store.Open(ctx, testenv.Database(t))
+	// The log is written and read as the service's database role.
+	db := testenv.Migrated(t)
+	st, err := store.Open(ctx, db.Service)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
-	if err := store.Migrate(ctx, st.Pool(), testenv.Logger(t)); err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{t: t, pool: st.Pool(), st: st, tenants: map[int64]string{}}
+	f := &fixture{t: t, pool: st.Pool(), st: st, ownerURL: db.Owner, tenants: map[int64]string{}}
 	for _, name := range tenants {
 		tn, err := st.CreateTenant(ctx, store.Tenant{Name: name, ConsulAddr: "127.0.0.1:8500", Prefix: "_rexec", OutputCap: 1 << 20})
 		if err != nil {
@@ -107,4 +108,25 @@ func (f *fixture) integrate() {
 
 func (f *fixture) verify(tenant int64, kept []byte) (auditproof.Result, error) {
 	return auditproof.VerifyLog(context.Background(), f.log.Source(tenant), f.key, kept)
+}
+
+// awaitIntegrated integrates until the logs hold n events in all.
+func (f *fixture) awaitIntegrated(n int64) {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		f.integrate()
+		var logged int64
+		if err := f.pool.QueryRow(ctx, "SELECT count(*) FROM audit_leaves").Scan(&logged); err != nil {
+			f.t.Fatal(err)
+		}
+		if logged >= n {
+			return
+		}
+		if ctx.Err() != nil {
+			f.t.Fatalf("after 30 s, %d of %d events are logged", logged, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

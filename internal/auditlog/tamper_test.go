@@ -161,7 +161,12 @@ func TestTamperDetected(t *testing.T) {
 			}
 
 			// The superuser: triggers off for the session.
-			err = pgx.BeginFunc(ctx, f.pool, func(tx pgx.Tx) error {
+			su, err := pgx.Connect(ctx, f.ownerURL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer su.Close(ctx)
+			err = pgx.BeginFunc(ctx, su, func(tx pgx.Tx) error {
 				if _, err := tx.Exec(ctx, "SET LOCAL session_replication_role = replica"); err != nil {
 					return err
 				}

@@ -82,7 +82,7 @@ type aclEnv struct {
 
 func newACLEnv(t *testing.T, c *localconsul.Cluster, serveArgs ...string) *aclEnv {
 	t.Helper()
-	e := &env{t: t, db: testenv.Database(t), cluster: c, prefix: "_rexec/" + strings.ReplaceAll(testenv.Prefix(t), "/", "-")}
+	e := &env{t: t, db: testenv.NewDB(t), cluster: c, prefix: "_rexec/" + strings.ReplaceAll(testenv.Prefix(t), "/", "-")}
 	ca, err := api.NewClient(&api.Config{Address: c.Agent("gw").HTTPAddr(), Token: c.ManagementToken()})
 	if err != nil {
 		t.Fatal(err)

@@ -84,8 +84,11 @@ func run(m *testing.M) int {
 
 // env is one test's rexec: its own database, tenant, token and server.
 type env struct {
-	t       testing.TB
-	db      string
+	t testing.TB
+	// db is reached as two roles: `rexec-svc migrate` and the test's own
+	// handle (conn) connect as the owner, every other rexec-svc command as
+	// the service role.
+	db      testenv.DB
 	addr    string // http://host:port, or https:// when serve has TLS
 	token   string
 	svcLog  string // log file of the last serve or worker started
@@ -100,8 +103,9 @@ type envOpts struct {
 	workers  int    // workers in the serve process; -1 for none (API only)
 	tenant   string // default "acme"
 	leaseTTL time.Duration
-	// db and cluster replace the package's (a test that stops them has its
-	// own); tenantAgent names the agent the tenant talks to (default web-1).
+	// db (the owner's URL) and cluster replace the package's (a test that
+	// stops them has its own); tenantAgent names the agent the tenant talks
+	// to (default web-1).
 	db          string
 	cluster     *localconsul.Cluster
 	tenantAgent string
@@ -115,9 +119,9 @@ func newEnv(t testing.TB, o envOpts) *env {
 	if cl == nil {
 		cl = testenv.Cluster(t)
 	}
-	db := o.db
-	if db == "" {
-		db = testenv.Database(t)
+	db := testenv.DBFor(o.db)
+	if o.db == "" {
+		db = testenv.NewDB(t)
 	}
 	if o.tenantAgent == "" {
 		o.tenantAgent = "web-1"
@@ -155,8 +159,7 @@ func cmpDur(d time.Duration) string {
 // svc runs a rexec-svc command to completion and returns its stdout.
 func (e *env) svc(args ...string) string {
 	e.t.Helper()
-	cmd := exec.Command(bins.svc, args...)
-	cmd.Env = append(os.Environ(), "REXEC_DATABASE_URL="+e.db)
+	cmd := e.svcCmd(args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -168,8 +171,18 @@ func (e *env) svc(args ...string) string {
 // svcCmd is a rexec-svc command on the test's database, not yet run.
 func (e *env) svcCmd(args ...string) *exec.Cmd {
 	cmd := exec.Command(bins.svc, args...)
-	cmd.Env = append(os.Environ(), "REXEC_DATABASE_URL="+e.db)
+	cmd.Env = append(os.Environ(), "REXEC_DATABASE_URL="+e.dbURL(args[0]))
 	return cmd
+}
+
+// dbURL is the URL a rexec-svc command connects with: migrate as the
+// owner, everything else (serve, worker, tenant, token) as the service
+// role, as the README says.
+func (e *env) dbURL(command string) string {
+	if command == "migrate" {
+		return e.db.Owner
+	}
+	return e.db.Service
 }
 
 func (e *env) newToken(tenant, principal, roles string) string {
@@ -219,7 +232,7 @@ func (e *env) startProcEnv(env []string, args ...string) (*childproc.Process, st
 	e.t.Helper()
 	logPath := filepath.Join(e.t.TempDir(), "svc.log")
 	p, err := childproc.Start(bins.svc, args, childproc.Options{
-		Env: append([]string{"REXEC_DATABASE_URL=" + e.db, "REXEC_LOG_LEVEL=debug",
+		Env: append([]string{"REXEC_DATABASE_URL=" + e.dbURL(args[0]), "REXEC_LOG_LEVEL=debug",
 			"REXEC_AUDIT_KEY_FILE=" + auditKey.file, "REXEC_AUDIT_INTERVAL=200ms"}, env...),
 		LogPath: logPath,
 	})
@@ -317,10 +330,11 @@ func parseReport(s string) report {
 	return r
 }
 
-// conn connects to the test's database for the rest of the test.
+// conn connects to the test's database as its owner, to inspect and
+// tamper, for the rest of the test.
 func (e *env) conn() *pgx.Conn {
 	e.t.Helper()
-	conn, err := pgx.Connect(context.Background(), e.db)
+	conn, err := pgx.Connect(context.Background(), e.db.Owner)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -176,6 +176,11 @@ func NewClient(cfg Config) (*river.Client[pgx.Tx], error) {
 		// off without its teardown.
 		JobTimeout:           -1,
 		RescueStuckJobsAfter: time.Hour,
+		// Reindex nothing: REINDEX takes the index's owner, and the
+		// service's database role owns nothing (store.GrantService), so
+		// River's periodic reindex would only fail. Operators may reindex
+		// River's indexes as the owner (README, Database roles).
+		ReindexerIndexNames: []string{},
 	}
 	if cfg.Workers > 0 {
 		workers := river.NewWorkers()

@@ -190,7 +190,13 @@ func freePort() (int, error) {
 
 // URL returns a connection URL for database db as the superuser.
 func (s *Server) URL(db string) string {
-	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", s.port, db)
+	return s.URLAs("postgres", db)
+}
+
+// URLAs returns a connection URL for database db as user, without a
+// password: the server trusts every local connection.
+func (s *Server) URLAs(user, db string) string {
+	return fmt.Sprintf("postgres://%s@127.0.0.1:%d/%s?sslmode=disable", user, s.port, db)
 }
 
 // Kill shuts the server down at once, as `pg_ctl stop -m immediate` does

@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"encoding/json"
-	"log/slog"
 	"testing"
 	"time"
 
@@ -11,11 +10,13 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	testenv.Main(m, testenv.Options{Postgres: true})
+	testenv.Main(m, testenv.Options{Postgres: true, Migrate: MigrateAndGrant})
 }
 
-// bundle is one test's migrated database with a tenant and a principal.
+// bundle is one test's migrated database with a tenant and a principal; st
+// connects as the service role.
 type bundle struct {
+	db        testenv.DB
 	st        *Store
 	tenant    Tenant
 	principal Principal
@@ -24,14 +25,12 @@ type bundle struct {
 func setup(t *testing.T) *bundle {
 	t.Helper()
 	ctx := context.Background()
-	st, err := Open(ctx, testenv.Database(t))
+	db := testenv.Migrated(t)
+	st, err := Open(ctx, db.Service)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
-	if err := Migrate(ctx, st.Pool(), slog.New(slog.DiscardHandler)); err != nil {
-		t.Fatal(err)
-	}
 	tn, err := st.CreateTenant(ctx, Tenant{Name: "acme", ConsulAddr: "127.0.0.1:8500", Prefix: "_rexec", OutputCap: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
@@ -40,7 +39,7 @@ func setup(t *testing.T) *bundle {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &bundle{st: st, tenant: tn, principal: p}
+	return &bundle{db: db, st: st, tenant: tn, principal: p}
 }
 
 // insertRun stores a queued run on nodes, starting within startTimeout.

@@ -9,6 +9,11 @@
 //		testenv.Main(m, testenv.Options{Postgres: true, Consul: &localconsul.Config{...}})
 //	}
 //
+// A test's database is reached as two roles, as in production: the owner
+// (the server's superuser here), which migrates and which tests use to
+// inspect and tamper, and ServiceRole, which the code under test uses
+// (Migrated, NewDB).
+//
 // Nothing here skips: a missing dependency fails the package.
 package testenv
 
@@ -19,6 +24,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
 	"regexp"
@@ -29,14 +35,28 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/rexec/rexec/internal/localconsul"
 	"github.com/rexec/rexec/internal/localpg"
 )
 
 // DatabaseURLEnv names an existing PostgreSQL server (a URL to a database
-// the tests may use to CREATE DATABASE) to use instead of starting one.
+// the tests may use to CREATE DATABASE, and CREATE ROLE unless ServiceRole
+// exists) to use instead of starting one. ServiceRole must be able to log
+// in to it without a password.
 const DatabaseURLEnv = "REXEC_TEST_DATABASE_URL"
+
+// ServiceRole is the role the code under test connects as: the default of
+// `rexec-svc migrate -service-role` (store.ServiceRoleDefault, which
+// store's tests check it equals). Roles are the server's, so every test
+// database shares it.
+const ServiceRole = "rexec_service"
+
+// MigrateFunc migrates the database pool is connected to as its owner and
+// grants serviceRole the service's privileges: store.MigrateAndGrant
+// (testenv cannot import store, whose own tests use testenv).
+type MigrateFunc func(ctx context.Context, pool *pgxpool.Pool, serviceRole string, logger *slog.Logger) error
 
 // Options says what a test package needs.
 type Options struct {
@@ -44,12 +64,15 @@ type Options struct {
 	Postgres bool
 	// Consul, when set, starts a cluster with this configuration.
 	Consul *localconsul.Config
+	// Migrate is how Migrated migrates (store.MigrateAndGrant).
+	Migrate MigrateFunc
 }
 
 var (
 	env struct {
 		pgURL   string // admin URL of the server
 		cluster *localconsul.Cluster
+		migrate MigrateFunc
 	}
 	counter atomic.Int64
 	runID   = randomHex(4)
@@ -71,6 +94,7 @@ func Run(m *testing.M, opts Options) int {
 	if f := flag.Lookup("test.fuzzworker"); f != nil && f.Value.String() == "true" {
 		return m.Run()
 	}
+	env.migrate = opts.Migrate
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	var stops []func()
@@ -133,8 +157,8 @@ func Cluster(t testing.TB) *localconsul.Cluster {
 	return env.cluster
 }
 
-// Database creates an empty database for this test and returns its URL; it
-// is dropped when the test ends.
+// Database creates an empty database for this test and returns its URL as
+// the server's superuser; it is dropped when the test ends.
 func Database(t testing.TB) string {
 	t.Helper()
 	if env.pgURL == "" {
@@ -164,19 +188,80 @@ func Database(t testing.TB) string {
 	return withDatabase(env.pgURL, name)
 }
 
-// withDatabase replaces the database of a postgres:// URL.
-func withDatabase(url, db string) string {
-	cfg, err := pgx.ParseConfig(url)
+// DB is a test's database as each of rexec's two roles reaches it.
+type DB struct {
+	// Owner is its URL as the owner of its tables (the server's
+	// superuser): what migrates, and what a test that acts as the DBA
+	// (inspecting, tampering) connects as.
+	Owner string
+	// Service is its URL as ServiceRole: what rexec's service, workers
+	// and admin commands connect as, once the database is migrated.
+	Service string
+}
+
+// DBFor returns the URLs of the database ownerURL names.
+func DBFor(ownerURL string) DB {
+	return DB{Owner: ownerURL, Service: AsRole(ownerURL, ServiceRole)}
+}
+
+// NewDB creates an empty database for this test (Database); migrate it as
+// Owner (`rexec-svc migrate`) before connecting as Service.
+func NewDB(t testing.TB) DB {
+	t.Helper()
+	return DBFor(Database(t))
+}
+
+// Migrated creates a database for this test, migrates it as its owner and
+// grants ServiceRole the service's privileges (Options.Migrate), and
+// returns its URLs: the code under test connects to Service.
+func Migrated(t testing.TB) DB {
+	t.Helper()
+	if env.migrate == nil {
+		t.Fatal("testenv: no Options.Migrate in TestMain (store.MigrateAndGrant)")
+	}
+	db := NewDB(t)
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, db.Owner)
 	if err != nil {
-		return url
+		t.Fatalf("testenv: connect: %v", err)
+	}
+	defer pool.Close()
+	if err := env.migrate(ctx, pool, ServiceRole, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatalf("testenv: migrate: %v", err)
+	}
+	return db
+}
+
+// AsRole returns a postgres:// URL for the same server and database as
+// rawURL, as role, without a password.
+func AsRole(rawURL, role string) string {
+	return rewriteURL(rawURL, url.User(role), "")
+}
+
+// withDatabase replaces the database of a postgres:// URL.
+func withDatabase(rawURL, db string) string {
+	return rewriteURL(rawURL, nil, db)
+}
+
+// rewriteURL rebuilds a database URL with another user (unless nil) and
+// database (unless empty), keeping its query.
+func rewriteURL(rawURL string, user *url.Userinfo, db string) string {
+	cfg, err := pgx.ParseConfig(rawURL)
+	if err != nil {
+		return rawURL
 	}
 	q := ""
-	if i := strings.Index(url, "?"); i >= 0 {
-		q = url[i:]
+	if i := strings.Index(rawURL, "?"); i >= 0 {
+		q = rawURL[i:]
 	}
-	user := cfg.User
-	if cfg.Password != "" {
-		user += ":" + cfg.Password
+	if user == nil {
+		user = url.User(cfg.User)
+		if cfg.Password != "" {
+			user = url.UserPassword(cfg.User, cfg.Password)
+		}
+	}
+	if db == "" {
+		db = cfg.Database
 	}
 	return fmt.Sprintf("postgres://%s@%s:%d/%s%s", user, cfg.Host, cfg.Port, db, q)
 }

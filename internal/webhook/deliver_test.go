@@ -21,15 +21,15 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
-	"github.com/riverqueue/river/rivermigrate"
 	"github.com/riverqueue/river/rivertype"
 
+	"github.com/rexec/rexec/internal/store"
 	"github.com/rexec/rexec/internal/testenv"
 	"github.com/rexec/rexec/internal/webhook"
 )
 
 func TestMain(m *testing.M) {
-	testenv.Main(m, testenv.Options{Postgres: true})
+	testenv.Main(m, testenv.Options{Postgres: true, Migrate: store.MigrateAndGrant})
 }
 
 const (
@@ -149,24 +149,18 @@ type testBundle struct {
 }
 
 // setup starts a River client working the webhook queue on a database of
-// the test's own, with fast retries. Both River and the worker log into
+// the test's own, connected as the service's database role, with fast
+// retries. Both River and the worker log into
 // bundle.logs, so that a test can search everything that was logged.
 func setup(t *testing.T, tg webhook.TargetSource) *testBundle {
 	t.Helper()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, testenv.Database(t))
+	pool, err := pgxpool.New(ctx, testenv.Migrated(t).Service)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
 	driver := riverpgxv5.New(pool)
-	m, err := rivermigrate.New(driver, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
-		t.Fatal(err)
-	}
 
 	b := &testBundle{rec: &recorder{}, logs: &logBuffer{}}
 	t.Cleanup(func() {
