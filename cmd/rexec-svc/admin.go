@@ -159,9 +159,14 @@ func cmdTenantCreate(ctx context.Context, args []string, stdout, stderr io.Write
 			return err
 		}
 		t = created
-		return audit.Record(ctx, tx, audit.Event{TenantID: t.ID, Actor: "admin", Type: audit.TenantCreated,
-			Data: map[string]any{"name": t.Name, "consul_addr": t.ConsulAddr, "datacenter": t.Datacenter, "prefix": t.Prefix,
-				"output_cap": t.OutputCap, "consul_token_set": t.ConsulToken != ""}})
+		// Never the Consul token, the webhook URL (a credential in a Slack
+		// webhook) or its secret: only whether they are set.
+		return audit.Record(ctx, tx, adminEvent(t.ID, audit.TenantCreated, map[string]any{"name": t.Name,
+			"consul_addr": t.ConsulAddr, "datacenter": t.Datacenter, "prefix": t.Prefix, "output_cap": t.OutputCap,
+			"start_timeout": t.StartTimeout.String(), "approval_ttl": t.ApprovalTTL.String(), "time_zone": t.TimeZone,
+			"consul_token_set": t.ConsulToken != "", "webhook_set": t.WebhookURL != "",
+			"consul_tls": map[string]any{"ca_file": t.TLS.CAFile, "cert_file": t.TLS.CertFile, "key_file": t.TLS.KeyFile,
+				"server_name": t.TLS.ServerName}}))
 	})
 	if err != nil {
 		return err
@@ -231,10 +236,11 @@ func cmdTokenRevoke(ctx context.Context, args []string, stdout, stderr io.Writer
 		if err != nil {
 			return err
 		}
-		if err := q.RevokeToken(ctx, t.ID, id); err != nil {
+		p, err := q.RevokeToken(ctx, t.ID, id)
+		if err != nil {
 			return err
 		}
-		return audit.Record(ctx, tx, audit.Event{TenantID: t.ID, Actor: "admin", Type: audit.TokenRevoked, Data: map[string]any{"token_id": id}})
+		return audit.Record(ctx, tx, adminEvent(t.ID, audit.TokenRevoked, map[string]any{"token_id": id, "principal": p.Name, "roles": p.Roles}))
 	})
 	if err != nil {
 		return err
@@ -269,15 +275,16 @@ func createToken(ctx context.Context, st *store.Store, tenantName, principal str
 			return err
 		}
 		p, err := q.PrincipalByName(ctx, t.ID, principal)
+		newPrincipal := errors.Is(err, store.ErrNotFound)
 		switch {
-		case errors.Is(err, store.ErrNotFound):
+		case newPrincipal:
 		case err != nil:
 			return err
 		case !sameRoles(p.Roles, roles) && !setRoles:
 			return fmt.Errorf("principal %q has roles %s; pass -set-roles to change them (for all its tokens)", principal, strings.Join(p.Roles, ","))
 		case !sameRoles(p.Roles, roles):
-			if err := audit.Record(ctx, tx, audit.Event{TenantID: t.ID, Actor: "admin", Type: audit.RolesChanged,
-				Data: map[string]any{"principal": principal, "from": p.Roles, "to": roles}}); err != nil {
+			if err := audit.Record(ctx, tx, adminEvent(t.ID, audit.RolesChanged,
+				map[string]any{"principal": principal, "from": p.Roles, "to": roles})); err != nil {
 				return err
 			}
 		}
@@ -289,8 +296,8 @@ func createToken(ctx context.Context, st *store.Store, tenantName, principal str
 		if err != nil {
 			return err
 		}
-		return audit.Record(ctx, tx, audit.Event{TenantID: t.ID, Actor: "admin", Type: audit.TokenCreated,
-			Data: map[string]any{"principal": principal, "roles": roles, "token_id": id}})
+		return audit.Record(ctx, tx, adminEvent(t.ID, audit.TokenCreated,
+			map[string]any{"principal": principal, "roles": roles, "token_id": id, "new_principal": newPrincipal}))
 	})
 	return id, token, err
 }
@@ -298,4 +305,10 @@ func createToken(ctx context.Context, st *store.Store, tenantName, principal str
 func sameRoles(a, b []string) bool {
 	a, b = slices.Sorted(slices.Values(a)), slices.Sorted(slices.Values(b))
 	return slices.Equal(slices.Compact(a), slices.Compact(b))
+}
+
+// adminEvent is an audit event of an admin command: its actor is "admin",
+// and the operating-system user who ran it is recorded.
+func adminEvent(tenantID int64, typ string, data map[string]any) audit.Event {
+	return audit.Event{TenantID: tenantID, Actor: "admin", Type: typ, OSUser: osUser(), Data: data}
 }

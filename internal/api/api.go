@@ -93,7 +93,7 @@ func Handler(cfg Config) http.Handler {
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
 	})
-	return mux
+	return withRequestID(mux)
 }
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, c service.Caller) error
@@ -109,9 +109,12 @@ func (s *server) route(mux *http.ServeMux, pattern string, h handlerFunc) {
 			s.requests.WithLabelValues(pattern, strconv.Itoa(rec.code)).Inc()
 			s.latency.WithLabelValues(pattern).Observe(time.Since(start).Seconds())
 			// Never headers or the query: the Authorization header is a
-			// secret, and the path is all an operator needs.
+			// secret, and the path is all an operator needs. The request
+			// ID (checked to be printable ASCII) ties the line to the
+			// audit events the request caused.
 			s.log.DebugContext(r.Context(), "request", slog.String("method", r.Method), slog.String("path", r.URL.Path),
-				slog.Int("status", rec.code), slog.Duration("took", time.Since(start)))
+				slog.Int("status", rec.code), slog.Duration("took", time.Since(start)),
+				slog.String("request_id", RequestID(r.Context())), slog.String("client", clientAddr(r)))
 		}()
 		r.Body = http.MaxBytesReader(rec, r.Body, MaxBodyBytes)
 		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
@@ -128,6 +131,7 @@ func (s *server) route(mux *http.ServeMux, pattern string, h handlerFunc) {
 			s.fail(rec, r, err)
 			return
 		}
+		c.RequestID, c.ClientAddr = RequestID(r.Context()), clientAddr(r)
 		if err := h(rec, r, c); err != nil {
 			s.fail(rec, r, err)
 		}
@@ -171,7 +175,7 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	for _, k := range kinds {
 		if errors.Is(err, k.kind) {
-			body := ErrorBody{Error: err.Error(), Code: k.code}
+			body := ErrorBody{Error: err.Error(), Code: k.code, RequestID: w.Header().Get(RequestIDHeader)}
 			var se *service.Error
 			if errors.As(err, &se) {
 				body.Reasons = se.Reasons
@@ -206,7 +210,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, ErrorBody{Error: msg, Code: code})
+	writeJSON(w, status, ErrorBody{Error: msg, Code: code, RequestID: w.Header().Get(RequestIDHeader)})
 }
 
 // ErrorBody is every error response.
@@ -215,6 +219,9 @@ type ErrorBody struct {
 	Code  string `json:"code"`
 	// Reasons are the policy's reasons when it refused.
 	Reasons []string `json:"reasons,omitempty"`
+	// RequestID is the request's ID (as in the X-Request-Id header), to
+	// quote when asking about the failure.
+	RequestID string `json:"request_id,omitempty"`
 }
 
 // decodeJSON decodes exactly one JSON value with no unknown fields.

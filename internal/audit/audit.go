@@ -66,6 +66,17 @@ type Event struct {
 	Time time.Time
 }
 
+// ForNodes returns e once for each of nodes, with Node set: one fact per
+// node, as an auditor querying by node expects.
+func ForNodes(e Event, nodes []string) []Event {
+	out := make([]Event, len(nodes))
+	for i, n := range nodes {
+		out[i] = e
+		out[i].Node = n
+	}
+	return out
+}
+
 // TimeFormat is how a body writes its time: RFC 3339 in UTC with
 // microseconds (PostgreSQL's precision), always the same length.
 const TimeFormat = "2006-01-02T15:04:05.000000Z"

@@ -124,6 +124,19 @@ func (e *EventTooLargeError) Error() string {
 // filters as fit, each in an event within limit bytes together with payload
 // and the service and tag filters.
 func pinnedFilters(names []string, payload []byte, serviceFilter, tagFilter string, limit int) ([]string, error) {
+	groups, err := pinnedGroups(names, payload, serviceFilter, tagFilter, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(groups))
+	for i, g := range groups {
+		out[i] = anchoredFilter(g)
+	}
+	return out, nil
+}
+
+// pinnedGroups is pinnedFilters' split: the names each filter pins.
+func pinnedGroups(names []string, payload []byte, serviceFilter, tagFilter string, limit int) ([][]string, error) {
 	size := func(group []string) int {
 		return userEventSize(eventName, payload, anchoredFilter(group), serviceFilter, tagFilter)
 	}
@@ -132,7 +145,7 @@ func pinnedFilters(names []string, payload []byte, serviceFilter, tagFilter stri
 	if s := size([]string{""}); s > limit {
 		return nil, &EventTooLargeError{Size: s, Limit: limit}
 	}
-	var out []string
+	var out [][]string
 	var group []string
 	for _, n := range names {
 		// Agents compile the filter with Go's regexp, which refuses
@@ -148,14 +161,14 @@ func pinnedFilters(names []string, payload []byte, serviceFilter, tagFilter stri
 		if len(group) == 0 {
 			return nil, &EventTooLargeError{Node: n, Size: size(try), Limit: limit}
 		}
-		out = append(out, anchoredFilter(group))
+		out = append(out, group)
 		group = []string{n}
 		if s := size(group); s > limit {
 			return nil, &EventTooLargeError{Node: n, Size: s, Limit: limit}
 		}
 	}
 	if len(group) > 0 {
-		out = append(out, anchoredFilter(group))
+		out = append(out, group)
 	}
 	return out, nil
 }

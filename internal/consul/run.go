@@ -39,13 +39,13 @@ type Run struct {
 	c       *Client
 	spec    Spec
 	targets []string
-	filters []string
+	groups  [][]string // the target names each pinned event names
 	session string
 	dir     string // <prefix>/<session>/
 
 	fired     bool // true after firing or for an attached run
 	firedAt   time.Time
-	events    int
+	events    []FiredEvent
 	renewStop context.CancelFunc
 	renewDone chan struct{}
 	lost      chan struct{} // closed when renewal finds the session gone
@@ -82,7 +82,7 @@ func (c *Client) Prepare(ctx context.Context, spec Spec, targets []Node) (*Run, 
 	}
 	// Every session ID has 36 bytes, so the events' sizes are known now:
 	// refuse before writing anything.
-	filters, err := pinnedFilters(names, encodePayload(spec.Prefix, strings.Repeat("0", 36)),
+	groups, err := pinnedGroups(names, encodePayload(spec.Prefix, strings.Repeat("0", 36)),
 		spec.ServiceFilter, spec.TagFilter, c.cfg.EventSizeLimit)
 	if err != nil {
 		return nil, err
@@ -97,7 +97,7 @@ func (c *Client) Prepare(ctx context.Context, spec Spec, targets []Node) (*Run, 
 		return nil, err
 	}
 	r := c.newRun(spec, names, session)
-	r.filters = filters
+	r.groups = groups
 	r.startRenewal()
 
 	ok, _, err := c.api.KV().Acquire(&api.KVPair{Key: r.dir + "job", Value: job, Session: session},
@@ -109,7 +109,7 @@ func (c *Client) Prepare(ctx context.Context, spec Spec, targets []Node) (*Run, 
 		r.teardown(ctx)
 		return nil, fmt.Errorf("write job spec: %w", err)
 	}
-	c.log.DebugContext(ctx, "prepared remote exec", slog.String("session", session), slog.Int("targets", len(names)), slog.Int("events", len(filters)))
+	c.log.DebugContext(ctx, "prepared remote exec", slog.String("session", session), slog.Int("targets", len(names)), slog.Int("events", len(groups)))
 	return r, nil
 }
 
@@ -385,8 +385,8 @@ func (r *Run) Fire(ctx context.Context, before func(context.Context) error) erro
 		}
 	}
 	payload := encodePayload(r.spec.Prefix, r.session)
-	for i, f := range r.filters {
-		ev := &api.UserEvent{Name: eventName, Payload: payload, NodeFilter: f, ServiceFilter: r.spec.ServiceFilter, TagFilter: r.spec.TagFilter}
+	for i, group := range r.groups {
+		ev := &api.UserEvent{Name: eventName, Payload: payload, NodeFilter: anchoredFilter(group), ServiceFilter: r.spec.ServiceFilter, TagFilter: r.spec.TagFilter}
 		// Once marked firing (or once one event went out), the events must
 		// go out whatever happens to ctx: a cancel that lost the race to
 		// the mark is handled after.
@@ -394,7 +394,7 @@ func (r *Run) Fire(ctx context.Context, before func(context.Context) error) erro
 		if before != nil || i > 0 {
 			fctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), TeardownTimeout)
 		}
-		_, _, err := r.c.api.Event().Fire(ev, (&api.WriteOptions{}).WithContext(fctx))
+		id, _, err := r.c.api.Event().Fire(ev, (&api.WriteOptions{}).WithContext(fctx))
 		cancel()
 		if err != nil {
 			if i == 0 && before == nil {
@@ -403,18 +403,25 @@ func (r *Run) Fire(ctx context.Context, before func(context.Context) error) erro
 			if i == 0 {
 				return fmt.Errorf("%w: %w", ErrFireFailed, err)
 			}
-			r.c.log.ErrorContext(ctx, "fire event", slog.Int("event", i+1), slog.Int("of", len(r.filters)), slog.Any("error", err))
+			r.c.log.ErrorContext(ctx, "fire event", slog.Int("event", i+1), slog.Int("of", len(r.groups)), slog.Any("error", err))
 			break
 		}
 		if i == 0 {
 			r.firedAt = time.Now()
 		}
-		r.events++
+		r.events = append(r.events, FiredEvent{ID: id, Nodes: group})
 	}
 	r.fired = true
 	return nil
 }
 
+// FiredEvent is one user event that went out: the ID Consul gave it and
+// the target nodes its pinned filter names.
+type FiredEvent struct {
+	ID    string   `json:"id"`
+	Nodes []string `json:"nodes"`
+}
+
 // FiredAt is when the first event went out (zero before, or for an
-// attached run), and Events how many did.
-func (r *Run) FiredAt() (time.Time, int) { return r.firedAt, r.events }
+// attached run), and the events that did, in order.
+func (r *Run) FiredAt() (time.Time, []FiredEvent) { return r.firedAt, r.events }

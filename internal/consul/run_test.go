@@ -392,12 +392,36 @@ func TestRunPinnedFilterSplit(t *testing.T) {
 	}
 
 	var col collector
-	res, err := b.client.Run(ctx, spec, targets, col.handle)
+	r, err := b.client.Prepare(ctx, spec, targets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.Execute(ctx, col.handle)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res.Events < 2 {
 		t.Errorf("fired %d events, want the filter split over at least 2", res.Events)
+	}
+	// Each event's ID and the nodes it names (for the audit log): every
+	// target exactly once, each event its own ID.
+	_, fired := r.FiredAt()
+	var named []string
+	ids := map[string]bool{}
+	for _, ev := range fired {
+		if len(ev.ID) != 36 || ids[ev.ID] {
+			t.Errorf("event ID %q: not a fresh UUID", ev.ID)
+		}
+		ids[ev.ID] = true
+		named = append(named, ev.Nodes...)
+	}
+	var want []string
+	for _, n := range targets {
+		want = append(want, n.Name)
+	}
+	slices.Sort(want)
+	if len(fired) != res.Events || !slices.Equal(named, want) {
+		t.Errorf("fired events %+v, want %d naming %v", fired, res.Events, want)
 	}
 	if res.Outcome != consul.OutcomeCompleted {
 		t.Errorf("outcome = %s", res.Outcome)

@@ -46,7 +46,7 @@ func (r *Run) Watch(ctx context.Context, h Handler) (*Result, error) {
 	}
 	return &Result{
 		Session: r.session, Outcome: outcome, Nodes: w.results(outcome),
-		Events: r.events, FiredAt: r.firedAt, FinishedAt: time.Now(),
+		Events: len(r.events), FiredAt: r.firedAt, FinishedAt: time.Now(),
 	}, nil
 }
 

@@ -294,19 +294,8 @@ func TestApprovals(t *testing.T) {
 // api sends an API request with token and returns the status and body.
 func (e *env) api(token, method, path, body string) (int, string) {
 	e.t.Helper()
-	req, err := http.NewRequest(method, e.addr+path, strings.NewReader(body))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	status, b, _ := e.apiWithID(token, method, path, body, "")
+	return status, b
 }
 
 // TestApprovalExpiry: a pending run expires into expired without anyone

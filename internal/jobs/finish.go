@@ -25,6 +25,9 @@ func (e *execution) handle(ctx context.Context, events []consul.Event) error {
 		if err := q.HoldLease(ctx, run.ID, e.owner); err != nil {
 			return err
 		}
+		if err := e.recordUnrecordedFire(ctx, tx, q); err != nil {
+			return err
+		}
 		var evs []audit.Event
 		for _, ev := range events {
 			switch ev.Kind {
@@ -34,21 +37,21 @@ func (e *execution) handle(ctx context.Context, events []consul.Event) error {
 					return err
 				}
 				if ok {
-					evs = append(evs, audit.Event{TenantID: run.TenantID, RunID: run.ID, Actor: e.actor, Type: audit.NodeAcked,
-						Data: map[string]any{"node": ev.Node}})
+					evs = append(evs, e.nodeEvent(audit.NodeAcked, ev.Node, map[string]any{"acked_at": ev.At}))
 				}
 			case consul.EventOutput:
 				if _, err := q.AppendChunk(ctx, run.ID, ev.Node, ev.Seq, ev.Data, run.OutputCap); err != nil {
 					return err
 				}
 			case consul.EventExit:
-				ok, err := q.RecordExit(ctx, run.ID, ev.Node, ev.ExitCode, ev.At)
+				out, ok, err := q.RecordExit(ctx, run.ID, ev.Node, ev.ExitCode, ev.At)
 				if err != nil {
 					return err
 				}
 				if ok {
-					evs = append(evs, audit.Event{TenantID: run.TenantID, RunID: run.ID, Actor: e.actor, Type: audit.NodeExited,
-						Data: map[string]any{"node": ev.Node, "exit_code": ev.ExitCode}})
+					data := outputAudit(out)
+					data["exit_code"], data["exited_at"] = ev.ExitCode, ev.At
+					evs = append(evs, e.nodeEvent(audit.NodeExited, ev.Node, data))
 				}
 			}
 		}
@@ -63,6 +66,7 @@ func (e *execution) handle(ctx context.Context, events []consul.Event) error {
 		}
 		return err
 	}
+	e.unrecordedFire = nil // recorded, if it was not before
 	last := false
 	for _, ev := range events {
 		if ev.Kind == consul.EventExit && !e.exited[ev.Node] {
@@ -133,6 +137,9 @@ func (e *execution) close(jobCtx context.Context, r *consul.Run, res *consul.Res
 // finishTx classifies the run's unfinished nodes and ends the run.
 func (e *execution) finishTx(ctx context.Context, tx pgx.Tx, q *store.Queries, res *consul.Result, state, outcome, msg string) error {
 	run := e.run
+	if err := e.recordUnrecordedFire(ctx, tx, q); err != nil {
+		return err
+	}
 	nodes, err := q.RunNodes(ctx, run.ID)
 	if err != nil {
 		return err
@@ -170,13 +177,14 @@ func (e *execution) finishTx(ctx context.Context, tx pgx.Tx, q *store.Queries, r
 		case ns == "":
 			ns = string(consul.NodeNoAck)
 		}
-		ok, err := q.EndNode(ctx, run.ID, n.Node, ns)
+		out, ok, err := q.EndNode(ctx, run.ID, n.Node, ns)
 		if err != nil {
 			return err
 		}
 		if ok {
-			evs = append(evs, audit.Event{TenantID: run.TenantID, RunID: run.ID, Actor: e.actor, Type: audit.NodeEnded,
-				Data: map[string]any{"node": n.Node, "state": ns}})
+			data := outputAudit(out)
+			data["state"] = ns
+			evs = append(evs, e.nodeEvent(audit.NodeEnded, n.Node, data))
 		}
 	}
 	ok, err := q.FinishRun(ctx, run.ID, e.owner, state, outcome, msg)
@@ -186,10 +194,52 @@ func (e *execution) finishTx(ctx context.Context, tx pgx.Tx, q *store.Queries, r
 	if !ok {
 		return store.ErrLeaseLost
 	}
-	evs = append(evs, audit.Event{TenantID: run.TenantID, RunID: run.ID, Actor: e.actor, Type: audit.RunFinished,
-		Data: map[string]any{"state": state, "outcome": outcome, "error": msg}})
+	if nodes, err = q.RunNodes(ctx, run.ID); err != nil {
+		return err
+	}
+	if state == store.StateCancelled {
+		// Who asked is in the run.cancel_requested event the API wrote;
+		// nobody did when River's job was cancelled.
+		who, err := q.CancelRequester(ctx, run.ID)
+		if err != nil {
+			return err
+		}
+		now, err := q.GetRunByID(ctx, run.ID)
+		if err != nil {
+			return err
+		}
+		evs = append(evs, e.runEvent(audit.RunCancelled, map[string]any{"requested_by": who, "fired": now.FiringAt != nil}))
+	}
+	evs = append(evs, e.runEvent(audit.RunFinished, map[string]any{"state": state, "outcome": outcome, "error": msg,
+		"nodes": store.CountNodes(nodes)}))
 	if err := audit.Record(ctx, tx, evs...); err != nil {
 		return err
 	}
 	return q.NotifyRun(ctx, run.ID)
+}
+
+// runEvent is an audit event of this claim about the run.
+func (e *execution) runEvent(typ string, data map[string]any) audit.Event {
+	return audit.Event{TenantID: e.run.TenantID, RunID: e.run.ID, Actor: e.actor, Type: typ, Data: data}
+}
+
+// nodeEvent is an audit event of this claim about one node of the run.
+func (e *execution) nodeEvent(typ, node string, data map[string]any) audit.Event {
+	ev := e.runEvent(typ, data)
+	ev.Node = node
+	return ev
+}
+
+// outputAudit is what the audit log keeps of a node's output when it ends:
+// its size, what was archived, and its sha256, never the bytes.
+func outputAudit(o store.NodeOutput) map[string]any {
+	return map[string]any{"bytes": o.Bytes, "stored_bytes": o.StoredBytes, "truncated": o.Truncated, "sha256": o.SHA256}
+}
+
+// CancelledNodes are the node.ended events of nodes that a run which never
+// fired ended as cancelled (cancelled while queued, denied, expired, not
+// started in time): ev with its type, node and data set for each.
+func CancelledNodes(ev audit.Event, nodes []string) []audit.Event {
+	ev.Type, ev.Data = audit.NodeEnded, map[string]any{"state": string(consul.NodeCancelled), "fired": false}
+	return audit.ForNodes(ev, nodes)
 }

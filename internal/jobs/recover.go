@@ -62,12 +62,20 @@ func (w *RecoverWorker) expireApprovals(ctx context.Context, tx pgx.Tx, q *store
 	}
 	for _, r := range expired {
 		w.cfg.Logger.InfoContext(ctx, "run expired waiting for approval", slog.String("run", r.RunID))
-		err := audit.Record(ctx, tx, audit.Event{TenantID: r.TenantID, RunID: r.RunID, Actor: recoveryActor, Type: audit.RunExpired})
+		run, err := q.GetRunByID(ctx, r.RunID)
 		if err != nil {
 			return err
 		}
-		run, err := q.GetRunByID(ctx, r.RunID)
+		approvals, err := q.Approvals(ctx, r.RunID)
 		if err != nil {
+			return err
+		}
+		ev := audit.Event{TenantID: r.TenantID, RunID: r.RunID, Actor: recoveryActor}
+		expiredEv := ev
+		expiredEv.Type, expiredEv.Data = audit.RunExpired, map[string]any{"given": store.ApprovalsGiven(approvals, run.RequestHash),
+			"required": run.Policy.Approvals, "approver_roles": run.Policy.ApproverRoles,
+			"nodes": store.NodeCounts{Targets: len(r.Nodes), Cancelled: len(r.Nodes)}}
+		if err := audit.Record(ctx, tx, append(CancelledNodes(ev, r.Nodes), expiredEv)...); err != nil {
 			return err
 		}
 		t, err := q.TenantByID(ctx, r.TenantID)
@@ -92,9 +100,11 @@ func (w *RecoverWorker) failLate(ctx context.Context, tx pgx.Tx, q *store.Querie
 	}
 	for _, r := range late {
 		w.cfg.Logger.WarnContext(ctx, "run could not start in time", slog.String("run", r.RunID))
-		err := audit.Record(ctx, tx, audit.Event{TenantID: r.TenantID, RunID: r.RunID, Actor: recoveryActor, Type: audit.RunFinished,
-			Data: map[string]any{"state": store.StateFailed, "outcome": store.OutcomeNotStarted, "error": r.Error}})
-		if err != nil {
+		ev := audit.Event{TenantID: r.TenantID, RunID: r.RunID, Actor: recoveryActor}
+		finished := ev
+		finished.Type, finished.Data = audit.RunFinished, map[string]any{"state": store.StateFailed, "outcome": store.OutcomeNotStarted,
+			"error": r.Error, "nodes": store.NodeCounts{Targets: len(r.Nodes), Cancelled: len(r.Nodes)}}
+		if err := audit.Record(ctx, tx, append(CancelledNodes(ev, r.Nodes), finished)...); err != nil {
 			return err
 		}
 		if err := q.NotifyRun(ctx, r.RunID); err != nil {

@@ -122,12 +122,7 @@ func (w *ExecWorker) checkApprovals(ctx context.Context, run store.Run) (string,
 	if err != nil {
 		return "", err
 	}
-	given := 0
-	for _, a := range approvals {
-		if a.Verdict == store.VerdictApprove && a.RequestHash == run.RequestHash {
-			given++
-		}
-	}
+	given := store.ApprovalsGiven(approvals, run.RequestHash)
 	if given < run.Policy.Approvals {
 		return fmt.Sprintf("%d of %d required approvals match the run's request; it was not fired", given, run.Policy.Approvals), nil
 	}
@@ -145,6 +140,9 @@ type execution struct {
 	lastAttempt bool            // River will not retry this job
 	exited      map[string]bool // nodes whose exit this claim stored or saw
 	targets     int             // how many nodes the run expects
+	// unrecordedFire is a firing not yet recorded (fired_at and its audit
+	// event), because the database failed when it went out.
+	unrecordedFire *firedRecord
 	// stopLease stops renewing the lease (once the run's row is about to
 	// be locked for its end, renewals would only wait on that lock).
 	stopLease func()
@@ -284,21 +282,45 @@ func (e *execution) discardUnfired(ctx context.Context) {
 	}
 }
 
-// recordFired records when the event went out. A failure is logged only:
-// the firing mark, committed before the event, is what keeps the run from
-// firing again.
+// firedRecord is what the run's fired_at and its run.event_fired event
+// record: when the events went out, their IDs and the nodes each names.
+type firedRecord struct {
+	at      time.Time
+	events  []consul.FiredEvent
+	session string
+}
+
+// recordFired records that the event went out: the run's fired_at and the
+// run.event_fired audit event, in one transaction. It is not what keeps
+// the run from firing again — the firing mark, committed before the event,
+// is — so a failure (the database is away) does not stop the run: the
+// record is written in the transaction of the first watch round or of the
+// finish that commits instead.
 func (e *execution) recordFired(ctx context.Context, r *consul.Run) {
-	firedAt, events := r.FiredAt()
+	at, events := r.FiredAt()
+	e.unrecordedFire = &firedRecord{at: at, events: events, session: r.Session()}
 	err := e.w.cfg.Store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
-		if err := q.MarkFired(ctx, e.run.ID, firedAt); err != nil {
-			return err
-		}
-		return audit.Record(ctx, tx, audit.Event{TenantID: e.run.TenantID, RunID: e.run.ID, Actor: e.actor, Type: audit.EventFired,
-			Data: map[string]any{"events": events, "session": r.Session()}})
+		return e.recordUnrecordedFire(ctx, tx, q)
 	})
 	if err != nil {
-		e.log.ErrorContext(ctx, "record fired event", slog.Any("error", err))
+		e.log.WarnContext(ctx, "record fired event; it is recorded with the next watch round", slog.Any("error", err))
+		return
 	}
+	e.unrecordedFire = nil
+}
+
+// recordUnrecordedFire writes, in tx, the firing this claim did but has not
+// recorded yet (none: nothing). The caller clears it once tx commits.
+func (e *execution) recordUnrecordedFire(ctx context.Context, tx pgx.Tx, q *store.Queries) error {
+	f := e.unrecordedFire
+	if f == nil {
+		return nil
+	}
+	if err := q.MarkFired(ctx, e.run.ID, f.at); err != nil {
+		return err
+	}
+	return audit.Record(ctx, tx, e.runEvent(audit.EventFired, map[string]any{"fired_at": f.at, "events": f.events,
+		"session": f.session, "targets": e.targets}))
 }
 
 // stopReason says how a run whose engine context ended is to finish.

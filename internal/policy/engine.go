@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -83,6 +84,14 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 // files' paths (relative to the policy directory) and contents, tests
 // excluded.
 func (e *Engine) Revision() string { return e.current.Load().revision }
+
+// Files names the current policy's files (tests excluded), in order:
+// paths under the policy directory, or under "default" for the embedded
+// policy.
+func (e *Engine) Files() []string { return slices.Clone(e.current.Load().files) }
+
+// Dir is the policy directory; empty for the embedded default.
+func (e *Engine) Dir() string { return e.dir }
 
 // Reload reads the policy directory again and, only if it compiles, makes
 // it the policy for every later decision. On error the current policy stays

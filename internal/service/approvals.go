@@ -21,9 +21,9 @@ const MaxComment = 4096
 // requestApproval records, in the submission's transaction, that run waits
 // for approval.
 func (s *Service) requestApproval(ctx context.Context, tx pgx.Tx, c Caller, run store.Run) error {
-	err := audit.Record(ctx, tx, audit.Event{TenantID: c.Tenant.ID, RunID: run.ID, Actor: c.Principal.Name, Type: audit.ApprovalRequested,
-		Data: map[string]any{"approvals": run.Policy.Approvals, "approver_roles": run.Policy.ApproverRoles,
-			"reasons": run.Policy.Reasons, "expires_at": run.ApprovalExpiresAt, "request_hash": run.RequestHash}})
+	err := audit.Record(ctx, tx, c.event(run.ID, audit.ApprovalRequested, map[string]any{"given": 0, "required": run.Policy.Approvals,
+		"approver_roles": run.Policy.ApproverRoles, "reasons": run.Policy.Reasons, "expires_at": run.ApprovalExpiresAt,
+		"request_hash": run.RequestHash}))
 	if err != nil {
 		return err
 	}
@@ -110,16 +110,23 @@ func (s *Service) Decide(ctx context.Context, c Caller, id string, v Verdict) (s
 		if err != nil {
 			return err
 		}
-		ev := func(typ string, data map[string]any) audit.Event {
-			return audit.Event{TenantID: c.Tenant.ID, RunID: r.ID, Actor: c.Principal.Name, Type: typ, Data: data}
+		// What every verdict's event says: the approver's comment and
+		// roles, the request it is bound to, and the count after it.
+		verdictData := func(given int) map[string]any {
+			return map[string]any{"comment": v.Comment, "roles": c.Principal.Roles, "request_hash": r.RequestHash,
+				"given": given, "required": r.Policy.Approvals}
 		}
 		if !v.Approve {
-			if err := q.EndPending(ctx, r.ID, store.StateDenied, fmt.Sprintf("denied by %s", c.Principal.Name)); err != nil {
+			nodes, err := q.EndPending(ctx, r.ID, store.StateDenied, fmt.Sprintf("denied by %s", c.Principal.Name))
+			if err != nil {
 				return err
 			}
-			err := audit.Record(ctx, tx, ev(audit.ApprovalRefused, map[string]any{"comment": v.Comment, "request_hash": r.RequestHash}),
-				ev(audit.RunDenied, nil))
-			if err != nil {
+			given := store.ApprovalsGiven(approvals, r.RequestHash)
+			denied := verdictData(given)
+			denied["nodes"] = store.NodeCounts{Targets: len(nodes), Cancelled: len(nodes)}
+			evs := append([]audit.Event{c.event(r.ID, audit.ApprovalRefused, verdictData(given))},
+				jobs.CancelledNodes(c.event(r.ID, "", nil), nodes)...)
+			if err := audit.Record(ctx, tx, append(evs, c.event(r.ID, audit.RunDenied, denied))...); err != nil {
 				return err
 			}
 			return jobs.NotifyApprovers(ctx, s.river, tx, c.Tenant, r, webhook.EventDenied, c.Principal.Name, v.Comment, 0)
@@ -128,14 +135,8 @@ func (s *Service) Decide(ctx context.Context, c Caller, id string, v Verdict) (s
 		if err != nil {
 			return err
 		}
-		given := 0
-		for _, a := range all {
-			if a.Verdict == store.VerdictApprove && a.RequestHash == r.RequestHash {
-				given++
-			}
-		}
-		evs := []audit.Event{ev(audit.ApprovalGiven, map[string]any{"comment": v.Comment, "request_hash": r.RequestHash,
-			"given": given, "required": r.Policy.Approvals})}
+		given := store.ApprovalsGiven(all, r.RequestHash)
+		evs := []audit.Event{c.event(r.ID, audit.ApprovalGiven, verdictData(given))}
 		if given >= r.Policy.Approvals {
 			if err := q.ReleaseApproved(ctx, r.ID); err != nil {
 				return err
@@ -143,7 +144,7 @@ func (s *Service) Decide(ctx context.Context, c Caller, id string, v Verdict) (s
 			if _, err := s.river.InsertTx(ctx, tx, jobs.ExecArgs{RunID: r.ID}, nil); err != nil {
 				return err
 			}
-			evs = append(evs, ev(audit.RunQueued, map[string]any{"approvals": given}))
+			evs = append(evs, c.event(r.ID, audit.RunQueued, map[string]any{"approvals": given, "required": r.Policy.Approvals}))
 		}
 		if err := audit.Record(ctx, tx, evs...); err != nil {
 			return err

@@ -3,11 +3,14 @@ package service
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/rexec/rexec/internal/audit"
+	"github.com/rexec/rexec/internal/jobs"
 	"github.com/rexec/rexec/internal/policy"
 	"github.com/rexec/rexec/internal/store"
 )
@@ -132,8 +135,14 @@ func (s *Service) Output(ctx context.Context, c Caller, id, node string, after, 
 	if err != nil || len(chunks) == 0 {
 		return chunks, err
 	}
-	err = s.auditRead(ctx, c, r.ID, map[string]any{"node": node, "from_seq": chunks[0].Seq, "to_seq": chunks[len(chunks)-1].Seq})
-	return chunks, err
+	served := 0
+	for _, ch := range chunks {
+		served += len(ch.Data)
+	}
+	ev := c.event(r.ID, audit.OutputRead, map[string]any{"from_seq": chunks[0].Seq, "to_seq": chunks[len(chunks)-1].Seq,
+		"chunks": len(chunks), "bytes": served})
+	ev.Node = node
+	return chunks, s.auditRead(ctx, ev)
 }
 
 // StreamPage is a page of a run's stream.
@@ -179,8 +188,9 @@ func (s *Service) Stream(ctx context.Context, c Caller, id string, cursor int64,
 			}
 		}
 		if len(items) > 0 {
-			// Every page that hands out output is an audited read.
-			err := s.auditRead(ctx, c, r.ID, map[string]any{"stream": true, "after": cursor, "to": page.Cursor, "items": len(items)})
+			// Every page that hands out output is an audited read: of
+			// every node's output, as far as the page goes.
+			err := s.auditRead(ctx, c.event(r.ID, audit.OutputRead, streamReadAudit(items, cursor, page.Cursor)))
 			return page, err
 		}
 		if page.Done || !time.Now().Before(deadline) {
@@ -201,8 +211,24 @@ func (s *Service) Stream(ctx context.Context, c Caller, id string, cursor int64,
 
 // auditRead records a read of archived output; output is not handed out
 // when the read cannot be audited.
-func (s *Service) auditRead(ctx context.Context, c Caller, runID string, data map[string]any) error {
-	return audit.Record(ctx, s.store.Pool(), audit.Event{TenantID: c.Tenant.ID, RunID: runID, Actor: c.Principal.Name, Type: audit.OutputRead, Data: data})
+func (s *Service) auditRead(ctx context.Context, ev audit.Event) error {
+	return audit.Record(ctx, s.store.Pool(), ev)
+}
+
+// streamReadAudit describes a stream page that handed out output: all the
+// run's nodes, the bytes served and which nodes they came from.
+func streamReadAudit(items []store.StreamItem, after, to int64) map[string]any {
+	served, chunks := 0, 0
+	nodes := map[string]bool{}
+	for _, it := range items {
+		if it.Kind == "output" {
+			served += len(it.Data)
+			chunks++
+			nodes[it.Node] = true
+		}
+	}
+	return map[string]any{"all_nodes": true, "stream": true, "after": after, "to": to, "items": len(items),
+		"chunks": chunks, "bytes": served, "nodes": slices.Sorted(maps.Keys(nodes))}
 }
 
 // Cancel cancels a run: at once if it has not started, through its worker
@@ -222,13 +248,16 @@ func (s *Service) Cancel(ctx context.Context, c Caller, id string) (store.Run, e
 		if err != nil {
 			return err
 		}
-		typ := audit.RunCancelAsked
+		var evs []audit.Event
+		data := map[string]any{"fired": cn.Fired, "from_state": r.State}
 		if cn.State == store.StateCancelled {
-			typ = audit.RunCancelled
+			// It had not started: it ends here, with its nodes.
+			data["nodes"] = store.NodeCounts{Targets: len(cn.Nodes), Cancelled: len(cn.Nodes)}
+			evs = append(jobs.CancelledNodes(c.event(r.ID, "", nil), cn.Nodes), c.event(r.ID, audit.RunCancelled, data))
+		} else {
+			evs = []audit.Event{c.event(r.ID, audit.RunCancelAsked, data)}
 		}
-		err = audit.Record(ctx, tx, audit.Event{TenantID: c.Tenant.ID, RunID: r.ID, Actor: c.Principal.Name, Type: typ,
-			Data: map[string]any{"fired": cn.Fired}})
-		if err != nil {
+		if err := audit.Record(ctx, tx, evs...); err != nil {
 			return err
 		}
 		// The answer is the run as the cancel left it, not as its worker

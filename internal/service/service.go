@@ -7,6 +7,8 @@ package service
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,10 +57,23 @@ func errorf(kind error, format string, args ...any) error {
 	return &Error{Kind: kind, Msg: fmt.Sprintf(format, args...)}
 }
 
-// Caller is an authenticated principal and its tenant.
+// Caller is an authenticated principal and its tenant, and where its
+// request came from.
 type Caller struct {
 	Principal store.Principal
 	Tenant    store.Tenant
+	// RequestID is the ID of the API request (X-Request-Id), and
+	// ClientAddr the address of its TCP peer: every audit event the
+	// request causes carries both.
+	RequestID  string
+	ClientAddr string
+}
+
+// event is an audit event the caller's request causes, about runID (empty
+// when about no run).
+func (c Caller) event(runID, typ string, data map[string]any) audit.Event {
+	return audit.Event{TenantID: c.Tenant.ID, RunID: runID, Actor: c.Principal.Name, Type: typ,
+		RequestID: c.RequestID, ClientAddr: c.ClientAddr, Data: data}
 }
 
 // Service implements rexec's operations.
@@ -251,25 +266,19 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 			return err
 		}
 		run = stored
-		ev := func(typ string, data map[string]any) audit.Event {
-			return audit.Event{TenantID: c.Tenant.ID, RunID: run.ID, Actor: c.Principal.Name, Type: typ, Data: data}
-		}
-		err = audit.Record(ctx, tx,
-			ev(audit.RunSubmitted, map[string]any{
-				"argv": sub.Argv, "script_bytes": len(sub.Script), "shell": sub.Shell,
-				"node": sub.NodeFilter, "service": sub.ServiceFilter, "tag": sub.TagFilter,
-				"prefix": spec.Prefix, "reason": sub.Reason, "targets": names, "start_timeout": run.StartTimeout.String(),
-				"request_hash": run.RequestHash, "preflight": pfRaw,
-			}),
-			ev(audit.PolicyDecided, map[string]any{"action": string(policy.ActionExecSubmit), "outcome": string(d.Outcome),
-				"reasons": d.Reasons, "revision": d.Revision, "approvals": d.Approvals, "approver_roles": d.ApproverRoles}))
+		submitted := requestAudit(sub, spec)
+		submitted["targets"], submitted["submitted_by"] = names, c.Principal.Name
+		submitted["start_timeout"], submitted["start_by"] = run.StartTimeout.String(), run.StartBy
+		submitted["request_hash"], submitted["preflight"] = run.RequestHash, pfRaw
+		err = audit.Record(ctx, tx, c.event(run.ID, audit.RunSubmitted, submitted),
+			c.event(run.ID, audit.PolicyDecided, decisionAudit(policy.ActionExecSubmit, d)))
 		if err != nil {
 			return err
 		}
 		if run.State == store.StatePendingApproval {
 			return s.requestApproval(ctx, tx, c, run)
 		}
-		if err := audit.Record(ctx, tx, ev(audit.RunQueued, nil)); err != nil {
+		if err := audit.Record(ctx, tx, c.event(run.ID, audit.RunQueued, map[string]any{"approvals": 0, "required": 0})); err != nil {
 			return err
 		}
 		_, err = s.river.InsertTx(ctx, tx, jobs.ExecArgs{RunID: run.ID}, nil)
@@ -284,10 +293,35 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 // auditRefusal records a refused submission: the one trace it leaves.
 func (s *Service) auditRefusal(ctx context.Context, c Caller, sub Submission, spec consul.Spec, targets []string, hash string,
 	reasons []string, revision string, preflight json.RawMessage) error {
-	return audit.Record(ctx, s.store.Pool(), audit.Event{TenantID: c.Tenant.ID, Actor: c.Principal.Name, Type: audit.RunRefused,
-		Data: map[string]any{"argv": sub.Argv, "script_bytes": len(sub.Script), "node": sub.NodeFilter, "service": sub.ServiceFilter,
-			"tag": sub.TagFilter, "prefix": spec.Prefix, "reason": sub.Reason, "targets": targets, "request_hash": hash,
-			"reasons": reasons, "policy_revision": revision, "preflight": preflight}})
+	data := requestAudit(sub, spec)
+	data["targets"], data["submitted_by"], data["request_hash"] = targets, c.Principal.Name, hash
+	data["reasons"], data["policy_revision"], data["preflight"] = reasons, revision, preflight
+	return audit.Record(ctx, s.store.Pool(), c.event("", audit.RunRefused, data))
+}
+
+// requestAudit is what the audit log keeps of a run's request: everything
+// that says what runs where and when, and the script by its hash (it may
+// hold anything, secrets included).
+func requestAudit(sub Submission, spec consul.Spec) map[string]any {
+	data := map[string]any{
+		// The command line the agents run in shell mode (the words of argv
+		// joined); argv as given, which they run without a shell.
+		"command": strings.Join(sub.Argv, " "), "argv": sub.Argv, "shell": sub.Shell,
+		"node_filter": sub.NodeFilter, "service_filter": sub.ServiceFilter, "tag_filter": sub.TagFilter,
+		"prefix": spec.Prefix, "reason": sub.Reason,
+		"wait": spec.Wait.String(), "wait_repl": spec.WaitRepl.String(), "timeout": sub.Timeout.String(),
+	}
+	if sub.Script != nil {
+		sum := sha256.Sum256(sub.Script)
+		data["script_sha256"], data["script_bytes"] = hex.EncodeToString(sum[:]), len(sub.Script)
+	}
+	return data
+}
+
+// decisionAudit is what the audit log keeps of a policy decision.
+func decisionAudit(action policy.Action, d policy.Decision) map[string]any {
+	return map[string]any{"action": string(action), "outcome": string(d.Outcome), "reasons": d.Reasons,
+		"revision": d.Revision, "approvals": d.Approvals, "approver_roles": d.ApproverRoles}
 }
 
 // Spec checks sub as far as it can be without the tenant's Consul and

@@ -150,6 +150,18 @@ func (q *Queries) Approvals(ctx context.Context, runID string) ([]Approval, erro
 	return out, nil
 }
 
+// ApprovalsGiven counts the approvals among verdicts bound to hash, the
+// run's request hash: those that count towards starting it.
+func ApprovalsGiven(verdicts []Approval, hash string) int {
+	given := 0
+	for _, a := range verdicts {
+		if a.Verdict == VerdictApprove && a.RequestHash == hash {
+			given++
+		}
+	}
+	return given
+}
+
 const queryReleaseApproved = `UPDATE runs SET state = 'queued', approval_expires_at = NULL,
 	start_by = now() + start_timeout_ms * interval '1 millisecond'
 WHERE id = $1 AND state = 'pending_approval'`
@@ -171,22 +183,23 @@ const queryEndPending = `UPDATE runs SET state = $2, finished_at = now(), outcom
 WHERE id = $1 AND state = 'pending_approval'`
 
 // EndPending ends a run pending approval as denied or expired; its nodes
-// end cancelled (the command never ran).
-func (q *Queries) EndPending(ctx context.Context, runID, state, msg string) error {
+// end cancelled (the command never ran), and are returned.
+func (q *Queries) EndPending(ctx context.Context, runID, state, msg string) ([]string, error) {
 	if state != StateDenied && state != StateExpired {
-		return fmt.Errorf("end pending run: state %q", state)
+		return nil, fmt.Errorf("end pending run: state %q", state)
 	}
 	tag, err := q.db.Exec(ctx, queryEndPending, runID, state, msg)
 	if err != nil {
-		return fmt.Errorf("end pending run: %w", err)
+		return nil, fmt.Errorf("end pending run: %w", err)
 	}
 	if tag.RowsAffected() != 1 {
-		return fmt.Errorf("end pending run: %w", ErrNotFound)
+		return nil, fmt.Errorf("end pending run: %w", ErrNotFound)
 	}
-	if _, err := q.db.Exec(ctx, queryCancelNodes, runID); err != nil {
-		return fmt.Errorf("end pending run: %w", err)
+	nodes, err := q.cancelNodes(ctx, runID)
+	if err != nil {
+		return nil, fmt.Errorf("end pending run: %w", err)
 	}
-	return nil
+	return nodes, nil
 }
 
 const queryExpiredPending = `SELECT id::text, tenant_id FROM runs
@@ -197,6 +210,8 @@ ORDER BY approval_expires_at LIMIT 100 FOR UPDATE SKIP LOCKED`
 type ExpiredRun struct {
 	RunID    string
 	TenantID int64
+	// Nodes are the run's nodes, ended cancelled.
+	Nodes []string
 }
 
 // ExpirePending ends up to 100 runs whose approval window passed as
@@ -214,8 +229,8 @@ func (q *Queries) ExpirePending(ctx context.Context) ([]ExpiredRun, error) {
 	if err != nil {
 		return nil, fmt.Errorf("expired approvals: %w", err)
 	}
-	for _, r := range runs {
-		if err := q.EndPending(ctx, r.RunID, StateExpired, "no decision within the approval window"); err != nil {
+	for i, r := range runs {
+		if runs[i].Nodes, err = q.EndPending(ctx, r.RunID, StateExpired, "no decision within the approval window"); err != nil {
 			return nil, err
 		}
 	}

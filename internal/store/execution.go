@@ -8,7 +8,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rexec/rexec/internal/audit"
 )
 
 // ErrLeaseLost means another worker holds the run now, or it ended.
@@ -209,6 +214,7 @@ func (q *Queries) RecordAck(ctx context.Context, runID, node string, at time.Tim
 
 const (
 	queryLockNode    = `SELECT bytes, stored_bytes, hash_state FROM run_nodes WHERE run_id = $1 AND node = $2 FOR UPDATE`
+	queryNodeTotals  = `SELECT bytes, stored_bytes, truncated, hash_state FROM run_nodes WHERE run_id = $1 AND node = $2 FOR UPDATE`
 	queryInsertChunk = `INSERT INTO output_chunks (run_id, node, seq, data) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`
 	queryNodeBytes   = `UPDATE run_nodes SET bytes = bytes + $3, stored_bytes = stored_bytes + $4,
 	truncated = truncated OR $5, hash_state = $6 WHERE run_id = $1 AND node = $2`
@@ -271,44 +277,60 @@ const queryExit = `UPDATE run_nodes SET state = 'exited', exit_code = $3, exited
 	acked_at = coalesce(acked_at, $4), sha256 = $5
 WHERE run_id = $1 AND node = $2 AND exited_at IS NULL`
 
-// RecordExit marks a node exited with code and fixes its output hash;
-// false if it already was.
-func (q *Queries) RecordExit(ctx context.Context, runID, node string, code int, at time.Time) (bool, error) {
-	var total, stored int64
+// NodeOutput is what a node's output came to when it ended: every byte it
+// sent, the bytes archived (at most the output cap), whether the cap cut
+// it, and the hex sha256 of the whole stream.
+type NodeOutput struct {
+	Bytes       int64
+	StoredBytes int64
+	Truncated   bool
+	SHA256      string
+}
+
+// lockNodeOutput locks a node's row and returns its output so far.
+func (q *Queries) lockNodeOutput(ctx context.Context, runID, node string) (NodeOutput, error) {
+	var o NodeOutput
 	var state []byte
-	if err := q.db.QueryRow(ctx, queryLockNode, runID, node).Scan(&total, &stored, &state); err != nil {
-		return false, fmt.Errorf("record exit: %w", notFound(err))
+	if err := q.db.QueryRow(ctx, queryNodeTotals, runID, node).Scan(&o.Bytes, &o.StoredBytes, &o.Truncated, &state); err != nil {
+		return NodeOutput{}, notFound(err)
 	}
 	sum, err := finalHash(state)
 	if err != nil {
-		return false, err
+		return NodeOutput{}, err
 	}
-	tag, err := q.db.Exec(ctx, queryExit, runID, node, code, at, sum)
+	o.SHA256 = sum
+	return o, nil
+}
+
+// RecordExit marks a node exited with code and fixes its output hash;
+// false if it already was. It returns the node's output as it ended.
+func (q *Queries) RecordExit(ctx context.Context, runID, node string, code int, at time.Time) (NodeOutput, bool, error) {
+	o, err := q.lockNodeOutput(ctx, runID, node)
 	if err != nil {
-		return false, fmt.Errorf("record exit: %w", err)
+		return NodeOutput{}, false, fmt.Errorf("record exit: %w", err)
 	}
-	return tag.RowsAffected() == 1, nil
+	tag, err := q.db.Exec(ctx, queryExit, runID, node, code, at, o.SHA256)
+	if err != nil {
+		return NodeOutput{}, false, fmt.Errorf("record exit: %w", err)
+	}
+	return o, tag.RowsAffected() == 1, nil
 }
 
 const queryEndNode = `UPDATE run_nodes SET state = $3, sha256 = $4 WHERE run_id = $1 AND node = $2 AND exited_at IS NULL AND state IN ('pending', 'acked')`
 
 // EndNode gives an unfinished node its final state (lost, no_ack,
-// cancelled); false if it had already ended.
-func (q *Queries) EndNode(ctx context.Context, runID, node, state string) (bool, error) {
-	var total, stored int64
-	var hs []byte
-	if err := q.db.QueryRow(ctx, queryLockNode, runID, node).Scan(&total, &stored, &hs); err != nil {
-		return false, fmt.Errorf("end node: %w", notFound(err))
-	}
-	sum, err := finalHash(hs)
+// cancelled); false if it had already ended. It returns the node's output
+// as it ended.
+func (q *Queries) EndNode(ctx context.Context, runID, node, state string) (NodeOutput, bool, error) {
+	o, err := q.lockNodeOutput(ctx, runID, node)
 	if err != nil {
-		return false, err
+		return NodeOutput{}, false, fmt.Errorf("end node: %w", err)
 	}
-	tag, err := q.db.Exec(ctx, queryEndNode, runID, node, state, sum)
+	tag, err := q.db.Exec(ctx, queryEndNode, runID, node, state, o.SHA256)
 	if err != nil {
-		return false, fmt.Errorf("end node: %w", err)
+		return NodeOutput{}, false, fmt.Errorf("end node: %w", err)
 	}
-	return tag.RowsAffected() == 1, nil
+	return o, tag.RowsAffected() == 1, nil
 }
 
 const queryFinishRun = `UPDATE runs SET state = $3, outcome = nullif($4, ''), error = nullif($5, ''), finished_at = now(),
@@ -335,7 +357,22 @@ UPDATE runs SET
 WHERE tenant_id = $1 AND id = $2::uuid AND state IN ('queued', 'running', 'pending_approval')
 RETURNING state, firing_at IS NOT NULL`
 
-const queryCancelNodes = `UPDATE run_nodes SET state = 'cancelled' WHERE run_id = $1 AND state IN ('pending', 'acked')`
+const queryCancelNodes = `UPDATE run_nodes SET state = 'cancelled' WHERE run_id = $1 AND state IN ('pending', 'acked') RETURNING node`
+
+// cancelNodes ends the unfinished nodes of a run that never fired as
+// cancelled and returns their names, in order.
+func (q *Queries) cancelNodes(ctx context.Context, runID string) ([]string, error) {
+	rows, err := q.db.Query(ctx, queryCancelNodes, runID)
+	if err != nil {
+		return nil, err
+	}
+	nodes, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(nodes)
+	return nodes, nil
+}
 
 const queryNotifyCancel = `SELECT pg_notify('` + CancelChannel + `', $1)`
 
@@ -351,6 +388,9 @@ type Cancellation struct {
 	// Fired is true when the run may already have fired: a cancel that
 	// finds it false guarantees that the command never runs.
 	Fired bool
+	// Nodes are the nodes the cancel ended cancelled (a run that had not
+	// started); none for a running run, whose worker ends them.
+	Nodes []string
 }
 
 // CancelRun records a cancel. A run that has not started ends cancelled at
@@ -367,14 +407,32 @@ func (q *Queries) CancelRun(ctx context.Context, tenantID int64, runID string) (
 		return Cancellation{}, fmt.Errorf("cancel run: %w", notFound(err))
 	}
 	if c.State == StateCancelled {
-		if _, err := q.db.Exec(ctx, queryCancelNodes, runID); err != nil {
+		nodes, err := q.cancelNodes(ctx, runID)
+		if err != nil {
 			return Cancellation{}, fmt.Errorf("cancel run: %w", err)
 		}
+		c.Nodes = nodes
 	}
 	if _, err := q.db.Exec(ctx, queryNotifyCancel, runID); err != nil {
 		return Cancellation{}, fmt.Errorf("cancel run: notify: %w", err)
 	}
 	return c, nil
+}
+
+const queryCancelRequester = `SELECT actor FROM audit_events WHERE run_id = $1 AND type = '` + audit.RunCancelAsked + `' ORDER BY id LIMIT 1`
+
+// CancelRequester names who asked to cancel a running run, from the audit
+// event the request left; empty when nobody did through the API.
+func (q *Queries) CancelRequester(ctx context.Context, runID string) (string, error) {
+	var who string
+	err := q.db.QueryRow(ctx, queryCancelRequester, runID).Scan(&who)
+	if errors.Is(notFound(err), ErrNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("cancel requester: %w", err)
+	}
+	return who, nil
 }
 
 const queryExpiredLeases = `

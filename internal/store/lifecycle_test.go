@@ -249,7 +249,7 @@ func TestStartBound(t *testing.T) {
 		})
 		return err == nil && len(late) > 0
 	})
-	if len(late) != 1 || late[0].RunID != queued.ID {
+	if len(late) != 1 || late[0].RunID != queued.ID || len(late[0].Nodes) != 1 || late[0].Nodes[0] != "n1" {
 		t.Fatalf("late runs: %+v, want only %s", late, queued.ID)
 	}
 	got := b.get(t, queued.ID)

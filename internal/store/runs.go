@@ -239,6 +239,43 @@ type NodeResult struct {
 	SHA256      string
 }
 
+// NodeCounts counts a run's nodes by how they ended, for the audit log.
+type NodeCounts struct {
+	Targets int `json:"targets"`
+	// Exited counts every node that exited, Failed those of them whose
+	// exit code was not 0.
+	Exited    int `json:"exited"`
+	Failed    int `json:"failed"`
+	Lost      int `json:"lost"`
+	NoAck     int `json:"no_ack"`
+	Cancelled int `json:"cancelled"`
+	// Unfinished counts nodes in no final state (none once a run ended).
+	Unfinished int `json:"unfinished"`
+}
+
+// CountNodes counts nodes by their state.
+func CountNodes(nodes []NodeResult) NodeCounts {
+	c := NodeCounts{Targets: len(nodes)}
+	for _, n := range nodes {
+		switch n.State {
+		case "exited":
+			c.Exited++
+			if n.ExitCode == nil || *n.ExitCode != 0 {
+				c.Failed++
+			}
+		case "lost":
+			c.Lost++
+		case "no_ack":
+			c.NoAck++
+		case "cancelled":
+			c.Cancelled++
+		default:
+			c.Unfinished++
+		}
+	}
+	return c
+}
+
 const queryRunNodes = `SELECT run_id::text, node, state, exit_code, acked_at, exited_at, bytes, stored_bytes, truncated, coalesce(sha256, '')
 FROM run_nodes WHERE run_id = ANY($1::uuid[]) ORDER BY run_id, node`
 

@@ -22,6 +22,8 @@ type LateRun struct {
 	RunID    string
 	TenantID int64
 	Error    string
+	// Nodes are the run's nodes, ended cancelled.
+	Nodes []string
 }
 
 // FailLateRuns fails up to 100 queued runs whose start bound passed, so
@@ -43,11 +45,11 @@ func (q *Queries) FailLateRuns(ctx context.Context) ([]LateRun, error) {
 	if err != nil {
 		return nil, fmt.Errorf("late runs: %w", err)
 	}
-	for _, r := range late {
+	for i, r := range late {
 		if _, err := q.db.Exec(ctx, queryFailLate, r.RunID, r.Error); err != nil {
 			return nil, fmt.Errorf("fail late run: %w", err)
 		}
-		if _, err := q.db.Exec(ctx, queryCancelNodes, r.RunID); err != nil {
+		if late[i].Nodes, err = q.cancelNodes(ctx, r.RunID); err != nil {
 			return nil, fmt.Errorf("fail late run: %w", err)
 		}
 	}

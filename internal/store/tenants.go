@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -205,18 +206,36 @@ func (q *Queries) CreateToken(ctx context.Context, principalID int64) (id int64,
 }
 
 const queryRevokeToken = `UPDATE api_tokens k SET revoked_at = now() FROM principals p
-WHERE k.id = $1 AND k.revoked_at IS NULL AND p.id = k.principal_id AND p.tenant_id = $2`
+WHERE k.id = $1 AND k.revoked_at IS NULL AND p.id = k.principal_id AND p.tenant_id = $2
+RETURNING p.id, p.tenant_id, p.name, p.roles`
 
-// RevokeToken revokes the tenant's token with id.
-func (q *Queries) RevokeToken(ctx context.Context, tenantID, id int64) error {
-	tag, err := q.db.Exec(ctx, queryRevokeToken, id, tenantID)
+// RevokeToken revokes the tenant's token with id and returns the
+// principal it belonged to.
+func (q *Queries) RevokeToken(ctx context.Context, tenantID, id int64) (Principal, error) {
+	var p Principal
+	err := q.db.QueryRow(ctx, queryRevokeToken, id, tenantID).Scan(&p.ID, &p.TenantID, &p.Name, &p.Roles)
+	if errors.Is(notFound(err), ErrNotFound) {
+		return Principal{}, fmt.Errorf("token %d: %w", id, ErrNotFound)
+	}
 	if err != nil {
-		return fmt.Errorf("revoke token: %w", err)
+		return Principal{}, fmt.Errorf("revoke token: %w", err)
 	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("token %d: %w", id, ErrNotFound)
+	return p, nil
+}
+
+const queryTenantIDs = `SELECT id FROM tenants ORDER BY id`
+
+// TenantIDs returns every tenant's ID, in order.
+func (q *Queries) TenantIDs(ctx context.Context) ([]int64, error) {
+	rows, err := q.db.Query(ctx, queryTenantIDs)
+	if err != nil {
+		return nil, fmt.Errorf("tenant ids: %w", err)
 	}
-	return nil
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("tenant ids: %w", err)
+	}
+	return ids, nil
 }
 
 const queryAuthenticate = `
