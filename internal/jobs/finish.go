@@ -34,7 +34,7 @@ func (e *execution) handle(ctx context.Context, events []consul.Event) error {
 					return err
 				}
 				if ok {
-					evs = append(evs, audit.Event{TenantID: run.TenantID, RunID: run.ID, Actor: e.actor, Type: audit.NodeAcked,
+					evs = append(evs, audit.Event{TenantID: run.TenantID, RunID: run.ID, Node: ev.Node, Actor: e.actor, Type: audit.NodeAcked,
 						Data: map[string]any{"node": ev.Node}})
 				}
 			case consul.EventOutput:
@@ -47,7 +47,7 @@ func (e *execution) handle(ctx context.Context, events []consul.Event) error {
 					return err
 				}
 				if ok {
-					evs = append(evs, audit.Event{TenantID: run.TenantID, RunID: run.ID, Actor: e.actor, Type: audit.NodeExited,
+					evs = append(evs, audit.Event{TenantID: run.TenantID, RunID: run.ID, Node: ev.Node, Actor: e.actor, Type: audit.NodeExited,
 						Data: map[string]any{"node": ev.Node, "exit_code": ev.ExitCode}})
 				}
 			}
@@ -175,7 +175,7 @@ func (e *execution) finishTx(ctx context.Context, tx pgx.Tx, q *store.Queries, r
 			return err
 		}
 		if ok {
-			evs = append(evs, audit.Event{TenantID: run.TenantID, RunID: run.ID, Actor: e.actor, Type: audit.NodeEnded,
+			evs = append(evs, audit.Event{TenantID: run.TenantID, RunID: run.ID, Node: n.Node, Actor: e.actor, Type: audit.NodeEnded,
 				Data: map[string]any{"node": n.Node, "state": ns}})
 		}
 	}

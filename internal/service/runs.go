@@ -132,7 +132,7 @@ func (s *Service) Output(ctx context.Context, c Caller, id, node string, after, 
 	if err != nil || len(chunks) == 0 {
 		return chunks, err
 	}
-	err = s.auditRead(ctx, c, r.ID, map[string]any{"node": node, "from_seq": chunks[0].Seq, "to_seq": chunks[len(chunks)-1].Seq})
+	err = s.auditRead(ctx, c, r.ID, node, map[string]any{"node": node, "from_seq": chunks[0].Seq, "to_seq": chunks[len(chunks)-1].Seq})
 	return chunks, err
 }
 
@@ -180,7 +180,7 @@ func (s *Service) Stream(ctx context.Context, c Caller, id string, cursor int64,
 		}
 		if len(items) > 0 {
 			// Every page that hands out output is an audited read.
-			err := s.auditRead(ctx, c, r.ID, map[string]any{"stream": true, "after": cursor, "to": page.Cursor, "items": len(items)})
+			err := s.auditRead(ctx, c, r.ID, "", map[string]any{"stream": true, "after": cursor, "to": page.Cursor, "items": len(items)})
 			return page, err
 		}
 		if page.Done || !time.Now().Before(deadline) {
@@ -201,8 +201,8 @@ func (s *Service) Stream(ctx context.Context, c Caller, id string, cursor int64,
 
 // auditRead records a read of archived output; output is not handed out
 // when the read cannot be audited.
-func (s *Service) auditRead(ctx context.Context, c Caller, runID string, data map[string]any) error {
-	return audit.Record(ctx, s.store.Pool(), audit.Event{TenantID: c.Tenant.ID, RunID: runID, Actor: c.Principal.Name, Type: audit.OutputRead, Data: data})
+func (s *Service) auditRead(ctx context.Context, c Caller, runID, node string, data map[string]any) error {
+	return audit.Record(ctx, s.store.Pool(), audit.Event{TenantID: c.Tenant.ID, RunID: runID, Node: node, Actor: c.Principal.Name, Type: audit.OutputRead, Data: data})
 }
 
 // Cancel cancels a run: at once if it has not started, through its worker
