@@ -27,6 +27,12 @@ Commands:
   jobs cancel ID                  cancel a run
   approve ID [-comment C]         approve a run pending approval
   deny ID [-comment C]            refuse a run pending approval (it ends denied)
+  audit [filters] [-format F]     query the audit log (-since 7d -principal P -node N -exit-code 1 ...;
+                                  -format table|json|csv|ndjson; -all for every page)
+  audit checkpoint|verify|prove|verify-bundle   the audit log's transparency log
+
+jobs list takes the filters of audit: -since -until -principal -node -service -command
+-state -exit-code -approver. "rexec-cli <command> -h" lists a command's flags.
 
 The server and token come from -addr and -token, or REXEC_ADDR and REXEC_TOKEN;
 for an https:// server, -ca-file or REXEC_CACERT adds a PEM bundle of CAs to trust.
@@ -80,6 +86,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return cmdJobs(ctx, args[1], args[2:], stdout, stderr)
 	case "approve", "deny":
 		return cmdVerdict(ctx, args[0] == "approve", args[1:], stdout, stderr)
+	case "audit":
+		return cmdAudit(ctx, args[1:], stdin, stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil
