@@ -14,10 +14,6 @@ import (
 	"github.com/rexec/rexec/internal/auditproof"
 )
 
-// auditLogCommands are the `rexec-cli audit` subcommands about the
-// transparency log (the rest of `audit` queries events).
-var auditLogCommands = map[string]bool{"checkpoint": true, "verify": true, "prove": true, "verify-bundle": true}
-
 // cmdAuditLog runs `rexec-cli audit checkpoint|verify|prove|verify-bundle`.
 func cmdAuditLog(ctx context.Context, sub string, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	switch sub {

@@ -18,13 +18,12 @@ func cmdJobs(ctx context.Context, sub string, args []string, stdout, stderr io.W
 	fs := newFlags("jobs "+sub, stderr)
 	conn := addConnFlags(fs)
 	var asJSON *bool
-	var node, state *string
-	var limit *int
+	var node *string
+	var filters filterFlags
 	switch sub {
 	case "list":
 		asJSON = fs.Bool("json", false, "print JSON")
-		state = fs.String("state", "", "only runs in this state")
-		limit = fs.Int("limit", 50, "at most this many runs")
+		filters = addFilterFlags(fs, "runs", 50)
 	case "show":
 		asJSON = fs.Bool("json", false, "print JSON")
 	case "logs":
@@ -51,13 +50,20 @@ func cmdJobs(ctx context.Context, sub string, args []string, stdout, stderr io.W
 	if sub != "list" && id == "" {
 		return fmt.Errorf("usage: rexec-cli jobs %s ID", sub)
 	}
+	var f client.Filters
+	if sub == "list" {
+		var err error
+		if f, err = filters.get(); err != nil {
+			return err
+		}
+	}
 	c, err := conn.client()
 	if err != nil {
 		return err
 	}
 	switch sub {
 	case "list":
-		page, err := c.List(ctx, *state, *limit, "")
+		page, err := c.ListRuns(ctx, client.RunQuery{Filters: f})
 		if err != nil {
 			return err
 		}

@@ -27,12 +27,17 @@ Commands:
   jobs cancel ID                  cancel a run
   approve ID [-comment C]         approve a run pending approval
   deny ID [-comment C]            refuse a run pending approval (it ends denied)
+  audit [filters] [-format F]     query the audit log (-since 7d -principal P -node N -exit-code 1 ...;
+                                  -format table|json|csv|ndjson; -all for every page)
   audit checkpoint                print the audit log's latest signed checkpoint (keep it)
   audit verify [-since-checkpoint FILE]
                                   recompute the audit log and check it against its signed
                                   checkpoints (and a kept one); exit 1 names the first bad event
   audit prove RUN                 write a run's events with inclusion proofs (JSON) to stdout
   audit verify-bundle FILE        check a proof bundle offline; no server needed
+
+jobs list takes the filters of audit: -since -until -principal -node -service -command
+-state -exit-code -approver. "rexec-cli <command> -h" lists a command's flags.
 
 The server and token come from -addr and -token, or REXEC_ADDR and REXEC_TOKEN;
 for an https:// server, -ca-file or REXEC_CACERT adds a PEM bundle of CAs to trust.
@@ -87,9 +92,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "approve", "deny":
 		return cmdVerdict(ctx, args[0] == "approve", args[1:], stdout, stderr)
 	case "audit":
-		if len(args) > 1 && auditLogCommands[args[1]] {
-			return cmdAuditLog(ctx, args[1], args[2:], stdin, stdout, stderr)
-		}
+		return cmdAudit(ctx, args[1:], stdin, stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -5,6 +5,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -85,6 +86,7 @@ func Handler(cfg Config) http.Handler {
 	s.route(mux, "POST /v1/runs/{id}/cancel", s.cancel)
 	s.route(mux, "POST /v1/runs/{id}/approve", s.verdict(true))
 	s.route(mux, "POST /v1/runs/{id}/deny", s.verdict(false))
+	s.route(mux, "GET /v1/audit", s.audit)
 	s.route(mux, "GET /v1/audit/checkpoint", s.auditCheckpoint)
 	s.route(mux, "GET /v1/audit/checkpoints", s.auditCheckpoints)
 	s.route(mux, "GET /v1/audit/leaves", s.auditLeaves)
@@ -343,21 +345,26 @@ func (s *server) submit(w http.ResponseWriter, r *http.Request, c service.Caller
 	return nil
 }
 
+// runsParams are the query parameters of GET /v1/runs.
+var runsParams = []string{"since", "until", "principal", "node", "service", "command", "state", "exit_code", "approver", "limit", "before"}
+
 func (s *server) list(w http.ResponseWriter, r *http.Request, c service.Caller) error {
-	q := r.URL.Query()
-	f := store.ListFilter{State: q.Get("state"), Limit: 50}
-	if err := checkQueryText("state", f.State); err != nil {
+	p := params{q: r.URL.Query(), now: time.Now()}
+	if err := p.only(runsParams); err != nil {
 		return err
 	}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > MaxListLimit {
-			return invalid("limit must be between 1 and %d", MaxListLimit)
-		}
-		f.Limit = n
+	fs, err := p.filters(MaxListLimit)
+	if err != nil {
+		return err
 	}
-	if v := q.Get("before"); v != "" {
-		at, id, ok := strings.Cut(v, "_")
+	f := store.ListFilter{Since: fs.since, Until: fs.until, Principal: fs.principal, Node: fs.node, Service: fs.service,
+		Command: fs.command, State: fs.state, ExitCode: fs.exitCode, Approver: fs.approver, Limit: cmp.Or(fs.limit, 50)}
+	before, err := p.text("before")
+	if err != nil {
+		return err
+	}
+	if before != "" {
+		at, id, ok := strings.Cut(before, "_")
 		t, err := time.Parse(time.RFC3339Nano, at)
 		if !ok || err != nil || !store.IsUUID(id) {
 			return invalid("malformed before cursor")

@@ -45,7 +45,22 @@ const (
 	RunExpired        = "run.expired"
 	WebhookDelivered  = "webhook.delivered"
 	WebhookFailed     = "webhook.failed"
+
+	// Reading the log.
+	AuditQueried = "audit.queried" // a query's first page was read; its filter in data
 )
+
+// KnownTypes lists every event type above, for queries that name types: a
+// type not here is refused as a typo rather than matching nothing.
+// TestKnownTypes keeps it complete.
+var KnownTypes = []string{
+	TenantCreated, TokenCreated, TokenRevoked, RolesChanged,
+	RunSubmitted, RunQueued, RunStarted, RunResumed, RunRequeued, EventFired, NodeAcked, NodeExited, NodeEnded,
+	RunFinished, RunCancelAsked, RunCancelled, OutputRead,
+	RunRefused, PolicyDecided, PolicyLoaded, PolicyRejected, ApprovalRequested, ApprovalGiven, ApprovalRefused,
+	RunDenied, RunExpired, WebhookDelivered, WebhookFailed,
+	AuditQueried, AuditExported,
+}
 
 // Event is one audited fact. Data must never hold a secret.
 type Event struct {

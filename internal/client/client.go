@@ -184,18 +184,93 @@ func (c *Client) Get(ctx context.Context, id string) (api.Run, error) {
 
 // List returns a page of runs.
 func (c *Client) List(ctx context.Context, state string, limit int, before string) (api.RunList, error) {
+	return c.ListRuns(ctx, RunQuery{Filters: Filters{State: state, Limit: limit}, Before: before})
+}
+
+// Filters are what runs and audit events are both selected by; zero fields
+// select all.
+type Filters struct {
+	// Since and Until bound the time: RFC 3339, or a duration before now
+	// such as 7d, 12h, 30m.
+	Since, Until string
+	// Principal: a run's submitter; an event's actor.
+	Principal string
+	// Node: runs targeting the node; events about it.
+	Node string
+	// Service and Command: runs submitted with this service filter, with
+	// this text in their command (in any case); for events, their runs'.
+	Service, Command string
+	// State: runs in this state; events of runs that ended in it.
+	State string
+	// ExitCode: runs on which a node exited with it; node.exited events
+	// with it.
+	ExitCode *int
+	// Approver: runs the principal approved or refused, and their events.
+	Approver string
+	// Limit is the page size; zero for the server's default.
+	Limit int
+}
+
+func (f Filters) values() url.Values {
 	q := url.Values{}
-	if state != "" {
-		q.Set("state", state)
+	for k, v := range map[string]string{"since": f.Since, "until": f.Until, "principal": f.Principal, "node": f.Node,
+		"service": f.Service, "command": f.Command, "state": f.State, "approver": f.Approver} {
+		if v != "" {
+			q.Set(k, v)
+		}
 	}
-	if limit > 0 {
-		q.Set("limit", strconv.Itoa(limit))
+	if f.ExitCode != nil {
+		q.Set("exit_code", strconv.Itoa(*f.ExitCode))
 	}
-	if before != "" {
-		q.Set("before", before)
+	if f.Limit > 0 {
+		q.Set("limit", strconv.Itoa(f.Limit))
+	}
+	return q
+}
+
+// RunQuery selects runs.
+type RunQuery struct {
+	Filters
+	// Before is the previous page's Next.
+	Before string
+}
+
+// ListRuns returns a page of the runs q selects, newest first.
+func (c *Client) ListRuns(ctx context.Context, q RunQuery) (api.RunList, error) {
+	v := q.values()
+	if q.Before != "" {
+		v.Set("before", q.Before)
 	}
 	var out api.RunList
-	err := c.do(ctx, http.MethodGet, "/v1/runs?"+q.Encode(), nil, &out)
+	err := c.do(ctx, http.MethodGet, "/v1/runs?"+v.Encode(), nil, &out)
+	return out, err
+}
+
+// AuditQuery selects audit events.
+type AuditQuery struct {
+	Filters
+	// Types: events of any of these types.
+	Types []string
+	// Run: the events of this run.
+	Run string
+	// Cursor is the previous page's Next.
+	Cursor string
+}
+
+// Audit returns a page of the audit events q selects, newest first.
+func (c *Client) Audit(ctx context.Context, q AuditQuery) (api.AuditPage, error) {
+	v := q.values()
+	if len(q.Types) > 0 {
+		v.Set("type", strings.Join(q.Types, ","))
+	}
+	if q.Run != "" {
+		v.Set("run", q.Run)
+	}
+	if q.Cursor != "" {
+		v.Set("cursor", q.Cursor)
+	}
+	var out api.AuditPage
+	err := c.do(ctx, http.MethodGet, "/v1/audit?"+v.Encode(), nil, &out)
 	return out, err
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -57,6 +58,12 @@ func (s *Service) Get(ctx context.Context, c Caller, id string) (store.Run, erro
 func (s *Service) List(ctx context.Context, c Caller, f store.ListFilter) ([]store.Run, map[string][]store.NodeResult, error) {
 	if f.Limit <= 0 {
 		f.Limit = 50
+	}
+	if f.State != "" && !slices.Contains(store.States, f.State) {
+		return nil, nil, errorf(ErrInvalid, "unknown state %q: one of %s", f.State, strings.Join(store.States, ", "))
+	}
+	if !f.Since.IsZero() && !f.Until.IsZero() && !f.Since.Before(f.Until) {
+		return nil, nil, errorf(ErrInvalid, "since (%s) must be before until (%s)", f.Since.Format(time.RFC3339), f.Until.Format(time.RFC3339))
 	}
 	// A principal who may list the tenant's runs sees them all; any other
 	// sees those it may read (a submitter its own, an approver its inbox),

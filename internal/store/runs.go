@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -21,6 +22,9 @@ const (
 	StateDenied          = "denied"
 	StateExpired         = "expired"
 )
+
+// States lists every run state, in the order of a run's life.
+var States = []string{StatePendingApproval, StateQueued, StateRunning, StateCompleted, StateFailed, StateCancelled, StateDenied, StateExpired}
 
 // OutcomeNotStarted is the outcome of a run that could not start within its
 // start bound. (The engine's outcomes name the others.)
@@ -196,26 +200,101 @@ func (q *Queries) GetRunByID(ctx context.Context, id string) (Run, error) {
 	return r, nil
 }
 
-const queryListRuns = `SELECT ` + runColumns + ` FROM runs r JOIN principals p ON p.id = r.submitted_by
-WHERE r.tenant_id = $1 AND ($2 = '' OR r.state = $2)
-	AND ($3::timestamptz IS NULL OR (r.created_at, r.id) < ($3, $4::uuid))
-ORDER BY r.created_at DESC, r.id DESC LIMIT $5`
+// A list of runs is queryListRuns, a WHERE clause of the fragments below
+// joined by AND, and queryListRunsOrder. Each fragment takes its values as
+// the positional arguments whose numbers fill its %d verbs; $1 is always
+// the tenant. Values never enter the SQL text. The tenant's runs are read
+// newest first through runs_tenant_created; the filters on a run's nodes
+// and approvals probe their primary keys run by run.
+const (
+	queryListRuns      = `SELECT ` + runColumns + ` FROM runs r JOIN principals p ON p.id = r.submitted_by WHERE `
+	queryListRunsOrder = ` ORDER BY r.created_at DESC, r.id DESC LIMIT $%d`
 
-// ListFilter selects runs; Before* is the keyset cursor of the previous page.
+	runsWhereTenant    = `r.tenant_id = $1`
+	runsWhereBefore    = `(r.created_at, r.id) < ($%d, $%d::uuid)`
+	runsWhereState     = `r.state = $%d`
+	runsWhereSince     = `r.created_at >= $%d`
+	runsWhereUntil     = `r.created_at < $%d`
+	runsWherePrincipal = `p.name = $%d`
+	runsWhereService   = `r.service_filter = $%d`
+	runsWhereCommand   = `array_to_string(r.argv, ' ') ILIKE $%d`
+	runsWhereNode      = `EXISTS (SELECT 1 FROM run_nodes n WHERE n.run_id = r.id AND n.node = $%d)`
+	runsWhereExitCode  = `EXISTS (SELECT 1 FROM run_nodes n WHERE n.run_id = r.id AND n.exit_code = $%d)`
+	runsWhereApprover  = `EXISTS (SELECT 1 FROM approvals a WHERE a.run_id = r.id AND a.principal_name = $%d)`
+)
+
+// ListFilter selects runs (every field set narrows the list); Before* is
+// the keyset cursor of the previous page.
 type ListFilter struct {
-	State    string
+	State string
+	// Since and Until bound the submission time: Since <= created < Until.
+	Since, Until time.Time
+	// Principal is the submitter's name.
+	Principal string
+	// Node: runs whose targets include this node.
+	Node string
+	// Service: runs submitted with this service filter (its text).
+	Service string
+	// Command: runs whose argv, joined by spaces, contains this text in
+	// any case.
+	Command string
+	// ExitCode: runs on which some node exited with this code.
+	ExitCode *int
+	// Approver: runs this principal approved or refused.
+	Approver string
 	BeforeAt *time.Time
 	BeforeID string
 	Limit    int
 }
 
-// ListRuns returns the tenant's runs, newest first.
-func (q *Queries) ListRuns(ctx context.Context, tenantID int64, f ListFilter) ([]Run, error) {
-	var beforeID any
-	if f.BeforeAt != nil {
-		beforeID = f.BeforeID
+// where is a WHERE clause being built: fragments and their arguments.
+type where struct {
+	sql  []string
+	args []any
+}
+
+// add appends a fragment with its arguments, numbering their placeholders.
+func (w *where) add(fragment string, args ...any) {
+	pos := make([]any, len(args))
+	for i, a := range args {
+		w.args = append(w.args, a)
+		pos[i] = len(w.args)
 	}
-	rows, err := q.db.Query(ctx, queryListRuns, tenantID, f.State, f.BeforeAt, beforeID, f.Limit)
+	w.sql = append(w.sql, fmt.Sprintf(fragment, pos...))
+}
+
+// likeEscaper makes text match itself in a LIKE pattern.
+var likeEscaper = strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
+
+// ListRuns returns the tenant's runs that f selects, newest first.
+func (q *Queries) ListRuns(ctx context.Context, tenantID int64, f ListFilter) ([]Run, error) {
+	w := where{sql: []string{runsWhereTenant}, args: []any{tenantID}}
+	if f.BeforeAt != nil {
+		w.add(runsWhereBefore, *f.BeforeAt, f.BeforeID)
+	}
+	if !f.Since.IsZero() {
+		w.add(runsWhereSince, f.Since)
+	}
+	if !f.Until.IsZero() {
+		w.add(runsWhereUntil, f.Until)
+	}
+	for _, c := range []struct{ fragment, value string }{
+		{runsWhereState, f.State}, {runsWherePrincipal, f.Principal}, {runsWhereService, f.Service},
+		{runsWhereNode, f.Node}, {runsWhereApprover, f.Approver},
+	} {
+		if c.value != "" {
+			w.add(c.fragment, c.value)
+		}
+	}
+	if f.Command != "" {
+		w.add(runsWhereCommand, "%"+likeEscaper.Replace(f.Command)+"%")
+	}
+	if f.ExitCode != nil {
+		w.add(runsWhereExitCode, *f.ExitCode)
+	}
+	w.args = append(w.args, f.Limit)
+	sql := queryListRuns + strings.Join(w.sql, " AND ") + fmt.Sprintf(queryListRunsOrder, len(w.args))
+	rows, err := q.db.Query(ctx, sql, w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("list runs: %w", err)
 	}
