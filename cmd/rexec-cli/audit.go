@@ -37,7 +37,8 @@ func cmdAudit(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	cursor := fs.String("cursor", "", "start at this page: the cursor the previous one ended with")
 	all := fs.Bool("all", false, "follow the cursor to the last page")
 	format := fs.String("format", "table", "table, json (one array), csv or ndjson (an event a line)")
-	follow := fs.Bool("follow", false, "stream new events as NDJSON (not implemented yet)")
+	follow := fs.Bool("follow", false, "stream the log's new events as NDJSON, in log order, until interrupted (with -type only)")
+	fromLeaf := fs.Int64("from-leaf", -1, "with -follow: start at this leaf of the log (each line's \"leaf\" + 1 resumes a stream); default: its end")
 	if err := fs.Parse(args); err != nil {
 		return exitError(1)
 	}
@@ -45,7 +46,25 @@ func cmdAudit(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		return fmt.Errorf("unexpected arguments: %v (rexec-cli audit [filters], or audit %s)", fs.Args(), strings.Join(auditLogCommands, "|"))
 	}
 	if *follow {
-		return errors.New("audit -follow is not implemented yet")
+		other := false
+		fs.Visit(func(f *flag.Flag) {
+			switch f.Name {
+			case "follow", "from-leaf", "type", "format", "addr", "token", "ca-file":
+			default:
+				other = true
+			}
+		})
+		if other || *format != "table" && *format != "ndjson" {
+			return errors.New("-follow streams every new event as NDJSON: it takes -type and -from-leaf, no other filter or format")
+		}
+		c, err := conn.client()
+		if err != nil {
+			return err
+		}
+		return followAudit(ctx, c, *fromLeaf, splitTypes(*types), stdout)
+	}
+	if *fromLeaf >= 0 {
+		return errors.New("-from-leaf goes with -follow")
 	}
 	out, err := newEventWriter(*format, stdout)
 	if err != nil {
@@ -56,11 +75,7 @@ func cmdAudit(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		return err
 	}
 	q := client.AuditQuery{Filters: f, Run: *run, Cursor: *cursor}
-	for t := range strings.SplitSeq(*types, ",") {
-		if t = strings.TrimSpace(t); t != "" {
-			q.Types = append(q.Types, t)
-		}
-	}
+	q.Types = splitTypes(*types)
 	c, err := conn.client()
 	if err != nil {
 		return err
@@ -312,4 +327,15 @@ func summaryValue(raw json.RawMessage) string {
 		}
 	}
 	return string(raw)
+}
+
+// splitTypes splits a comma list of event types.
+func splitTypes(list string) []string {
+	var out []string
+	for t := range strings.SplitSeq(list, ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			out = append(out, t)
+		}
+	}
+	return out
 }

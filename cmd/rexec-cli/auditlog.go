@@ -6,12 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
+	"slices"
 	"strings"
+	"time"
 
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/rexec/rexec/internal/api"
 	"github.com/rexec/rexec/internal/auditproof"
+	"github.com/rexec/rexec/internal/client"
 )
 
 // cmdAuditLog runs `rexec-cli audit checkpoint|verify|prove|verify-bundle`.
@@ -183,4 +188,96 @@ func parseNoArgs(fs interface {
 		return fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
 	return nil
+}
+
+// followPoll is how often -follow asks for a new checkpoint; events are
+// logged every half second or so.
+const followPoll = time.Second
+
+// followAudit streams the log's events from leaf from (-1: the log's end)
+// as NDJSON, in log order: integrated events only, so that an event
+// committed late is never skipped, and each line names its leaf so that a
+// shipper can resume after it.
+func followAudit(ctx context.Context, c *client.Client, from int64, types []string, stdout io.Writer) error {
+	size := func() (int64, error) {
+		cp, err := c.AuditCheckpoint(ctx, 0)
+		var ce *client.Error
+		if errors.As(err, &ce) && ce.Status == http.StatusNotFound {
+			return 0, nil // nothing logged yet
+		}
+		return cp.Size, err
+	}
+	pos := from
+	if pos < 0 {
+		var err error
+		if pos, err = size(); err != nil {
+			return err
+		}
+	}
+	start := true
+	for {
+		n, err := size()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		for pos < n {
+			leaves, err := c.AuditLeaves(ctx, pos, min(pos+auditproof.LeafPage, n), start)
+			if err != nil {
+				return err
+			}
+			start = false
+			if len(leaves) == 0 {
+				return fmt.Errorf("the log has no leaf %d though its checkpoint has %d: run rexec-cli audit verify", pos, n)
+			}
+			for _, l := range leaves {
+				if l.Body == nil {
+					return fmt.Errorf("leaf %d: its event is missing: run rexec-cli audit verify", l.Index)
+				}
+				e, err := eventOfBody(l.EventID, l.Body)
+				if err != nil {
+					return fmt.Errorf("leaf %d: %w", l.Index, err)
+				}
+				if len(types) == 0 || slices.Contains(types, e.Type) {
+					leaf := l.Index
+					e.Leaf = &leaf
+					b, err := eventJSON(e)
+					if err != nil {
+						return err
+					}
+					if _, err := fmt.Fprintf(stdout, "%s\n", b); err != nil {
+						return err
+					}
+				}
+				pos = l.Index + 1
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(followPoll):
+		}
+	}
+}
+
+// eventOfBody is the API's view of an event, read from its body.
+func eventOfBody(id int64, body []byte) (api.AuditEvent, error) {
+	var b struct {
+		Type, Actor, Run, Node string
+		Time                   time.Time
+		RequestID              string `json:"request_id"`
+		ClientAddr             string `json:"client_addr"`
+		OSUser                 string `json:"os_user"`
+		Data                   json.RawMessage
+	}
+	if err := json.Unmarshal(body, &b); err != nil {
+		return api.AuditEvent{}, fmt.Errorf("event body: %w", err)
+	}
+	if b.Data == nil {
+		b.Data = json.RawMessage("{}")
+	}
+	return api.AuditEvent{ID: id, Time: b.Time, Type: b.Type, Actor: b.Actor, Run: b.Run, Node: b.Node, RequestID: b.RequestID,
+		ClientAddr: b.ClientAddr, OSUser: b.OSUser, Data: b.Data, Body: string(body)}, nil
 }

@@ -27,8 +27,10 @@ type AuditEvent struct {
 	OSUser     string          `json:"os_user,omitempty"`
 	Data       json.RawMessage `json:"data"`
 	// Body is the event's canonical encoding as stored: the leaf of the
-	// tenant's transparency log is its sha256.
+	// tenant's transparency log (docs/audit.md).
 	Body string `json:"body"`
+	// Leaf is the event's index in the log, in a -follow stream.
+	Leaf *int64 `json:"leaf,omitempty"`
 }
 
 // AuditPage is a page of audit events, newest first; Next is the cursor of

@@ -1,6 +1,7 @@
 package e2e_test
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"os"
@@ -184,5 +185,105 @@ func (e *env) awaitLogged() int64 {
 			e.t.Fatalf("after 30 s the log holds %d of %d events", size, want)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestAuditFollow streams new events as NDJSON, in log order, the way a
+// SIEM shipper would read them, and resumes from a leaf.
+func TestAuditFollow(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpts{})
+	// From the log's end as it is now (a follower started without
+	// -from-leaf would start there too, but only once it has asked).
+	end := e.awaitLogged()
+	cmd := exec.Command(bins.cli, "audit", "-follow", "-type", "run.submitted,node.exited,run.finished", "-from-leaf", strconv.FormatInt(end, 10))
+	cmd.Env = append(os.Environ(), "REXEC_ADDR="+e.addr, "REXEC_TOKEN="+e.token)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+
+	res := e.cli(nil, "exec", "-node", "^(web-1|web-2)$", "true")
+	if res.code != 0 {
+		t.Fatalf("exec: exit %d\n%s", res.code, res.stderr)
+	}
+	type line struct {
+		Leaf *int64
+		Type string
+		Run  string
+		Node string
+		Body string
+	}
+	var got []line
+	timeout := time.After(30 * time.Second)
+	for len(got) == 0 || got[len(got)-1].Type != "run.finished" {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("the stream ended: %s", stderr.String())
+			}
+			var ln line
+			if err := json.Unmarshal([]byte(l), &ln); err != nil || ln.Leaf == nil || ln.Body == "" {
+				t.Fatalf("not an event line with its leaf: %q (%v)", l, err)
+			}
+			got = append(got, ln)
+		case <-timeout:
+			t.Fatalf("after 30 s the stream had %d events: %+v\n%s", len(got), got, stderr.String())
+		}
+	}
+	var kinds []string
+	for i, l := range got {
+		kinds = append(kinds, l.Type+" "+l.Node)
+		if i > 0 && *l.Leaf <= *got[i-1].Leaf {
+			t.Errorf("leaves out of order: %d after %d", *l.Leaf, *got[i-1].Leaf)
+		}
+	}
+	if len(got) != 4 || got[0].Type != "run.submitted" || got[1].Type != "node.exited" || got[2].Type != "node.exited" {
+		t.Errorf("stream %v, want the submission, two exits and the end", kinds)
+	}
+
+	// Resuming after the submission replays the rest, and only that.
+	res = e.cli(nil, "audit", "-follow", "-from-leaf", "bogus")
+	if res.code != 1 {
+		t.Errorf("bad -from-leaf: exit %d", res.code)
+	}
+	res = e.cli(nil, "audit", "-follow", "-node", "web-1")
+	if res.code != 1 || !strings.Contains(res.stderr, "-follow streams every new event") {
+		t.Errorf("-follow with a filter: exit %d\n%s", res.code, res.stderr)
+	}
+	ctx := ctxT(t, 30*time.Second)
+	resume := exec.CommandContext(ctx, bins.cli, "audit", "-follow", "-type", "node.exited", "-from-leaf", strconv.FormatInt(*got[0].Leaf+1, 10))
+	resume.Env = cmd.Env
+	rout, err := resume.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := resume.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resume.Process.Kill(); _ = resume.Wait() }()
+	sc := bufio.NewScanner(rout)
+	for i := 1; i <= 2; i++ {
+		if !sc.Scan() {
+			t.Fatalf("resumed stream ended after %d lines", i-1)
+		}
+		var ln line
+		if err := json.Unmarshal(sc.Bytes(), &ln); err != nil || ln.Type != "node.exited" || *ln.Leaf != *got[i].Leaf {
+			t.Errorf("resumed line %d: %s, want leaf %d", i, sc.Bytes(), *got[i].Leaf)
+		}
 	}
 }
