@@ -27,12 +27,14 @@ const (
 
 	// The next events in log order, (txid, id), after the last one
 	// integrated and below the horizon.
-	queryPendingTenant = `SELECT id, body, txid::text::bigint FROM audit_events
-		WHERE tenant_id = $1 AND (txid, id) > ($2::bigint::text::xid8, $3) AND txid < $4::bigint::text::xid8
-		ORDER BY txid, id LIMIT $5`
-	queryPendingSystem = `SELECT id, body, txid::text::bigint FROM audit_events
-		WHERE tenant_id IS NULL AND (txid, id) > ($2::bigint::text::xid8, $3) AND txid < $4::bigint::text::xid8 AND $1 = 0
-		ORDER BY txid, id LIMIT $5`
+	// (The ORDER BY names the table's columns: an output column of the
+	// same name would sort by the text cast, past the index.)
+	queryPendingTenant = `SELECT e.id, e.body, e.txid::text::bigint AS txid_n FROM audit_events e
+		WHERE e.tenant_id = $1 AND (e.txid, e.id) > ($2::bigint::text::xid8, $3) AND e.txid < $4::bigint::text::xid8
+		ORDER BY e.txid, e.id LIMIT $5`
+	queryPendingSystem = `SELECT e.id, e.body, e.txid::text::bigint AS txid_n FROM audit_events e
+		WHERE e.tenant_id IS NULL AND (e.txid, e.id) > ($2::bigint::text::xid8, $3) AND e.txid < $4::bigint::text::xid8 AND $1 = 0
+		ORDER BY e.txid, e.id LIMIT $5`
 
 	queryInsertLeaves = `INSERT INTO audit_leaves (log_id, idx, event_id)
 		SELECT $1, idx, ev FROM unnest($2::bigint[], $3::bigint[]) AS u(idx, ev)`
