@@ -9,6 +9,9 @@ RUN CGO_ENABLED=0 go build -trimpath -o /out/ ./cmd/rexec-svc ./cmd/rexec-cli
 # A shell stays in the image: docker-compose's set-up step chains commands.
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 rexec
+# Where docker-compose keeps the audit signing key: a named volume mounted
+# here starts out owned by rexec.
+RUN mkdir /audit && chown rexec /audit && chmod 700 /audit
 COPY --from=build /out/rexec-svc /out/rexec-cli /usr/local/bin/
 USER rexec
 EXPOSE 8080
