@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/rexec/rexec/internal/api"
+	"github.com/rexec/rexec/internal/audit"
 	"github.com/rexec/rexec/internal/client"
 )
 
@@ -56,6 +57,13 @@ func cmdAudit(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		})
 		if other || *format != "table" && *format != "ndjson" {
 			return errors.New("-follow streams every new event as NDJSON: it takes -type and -from-leaf, no other filter or format")
+		}
+		// Checked here: the stream has no query for the server to refuse,
+		// and a misspelt type would stream nothing, forever.
+		for _, t := range splitTypes(*types) {
+			if !slices.Contains(audit.KnownTypes, t) {
+				return fmt.Errorf("unknown event type %q (known: %s)", t, strings.Join(audit.KnownTypes, ", "))
+			}
 		}
 		c, err := conn.client()
 		if err != nil {

@@ -49,7 +49,11 @@ type ConsistencyProof struct {
 }
 
 func (s *server) auditCheckpoint(w http.ResponseWriter, r *http.Request, c service.Caller) error {
-	size, err := intQuery(r, "size", 0)
+	p, err := logParams(r, "size")
+	if err != nil {
+		return err
+	}
+	size, err := p.int("size", 0)
 	if err != nil {
 		return err
 	}
@@ -62,11 +66,15 @@ func (s *server) auditCheckpoint(w http.ResponseWriter, r *http.Request, c servi
 }
 
 func (s *server) auditCheckpoints(w http.ResponseWriter, r *http.Request, c service.Caller) error {
-	after, err := intQuery(r, "after", 0)
+	p, err := logParams(r, "after", "limit")
 	if err != nil {
 		return err
 	}
-	limit, err := intQuery(r, "limit", auditproof.CheckpointPage)
+	after, err := p.int("after", 0)
+	if err != nil {
+		return err
+	}
+	limit, err := p.int("limit", auditproof.CheckpointPage)
 	if err != nil {
 		return err
 	}
@@ -83,15 +91,23 @@ func (s *server) auditCheckpoints(w http.ResponseWriter, r *http.Request, c serv
 }
 
 func (s *server) auditLeaves(w http.ResponseWriter, r *http.Request, c service.Caller) error {
-	from, err := intQuery(r, "from", 0)
+	p, err := logParams(r, "from", "to", "start")
 	if err != nil {
 		return err
 	}
-	to, err := intQuery(r, "to", from+auditproof.LeafPage)
+	from, err := p.int("from", 0)
 	if err != nil {
 		return err
 	}
-	leaves, err := s.cfg.Service.AuditLeaves(r.Context(), c, from, to, r.URL.Query().Get("start") == "true")
+	to, err := p.int("to", from+auditproof.LeafPage)
+	if err != nil {
+		return err
+	}
+	start, err := p.bool("start")
+	if err != nil {
+		return err
+	}
+	leaves, err := s.cfg.Service.AuditLeaves(r.Context(), c, from, to, start)
 	if err != nil {
 		return err
 	}
@@ -108,23 +124,30 @@ func (s *server) auditLeaves(w http.ResponseWriter, r *http.Request, c service.C
 }
 
 func (s *server) auditConsistency(w http.ResponseWriter, r *http.Request, c service.Caller) error {
-	old, err := intQuery(r, "old", 0)
+	p, err := logParams(r, "old", "size")
 	if err != nil {
 		return err
 	}
-	size, err := intQuery(r, "size", 0)
+	old, err := p.int("old", 0)
 	if err != nil {
 		return err
 	}
-	p, err := s.cfg.Service.AuditConsistency(r.Context(), c, old, size)
+	size, err := p.int("size", 0)
 	if err != nil {
 		return err
 	}
-	writeJSON(w, 200, ConsistencyProof{Old: old, Size: size, Proof: p})
+	proof, err := s.cfg.Service.AuditConsistency(r.Context(), c, old, size)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, 200, ConsistencyProof{Old: old, Size: size, Proof: proof})
 	return nil
 }
 
 func (s *server) auditBundle(w http.ResponseWriter, r *http.Request, c service.Caller) error {
+	if _, err := logParams(r); err != nil {
+		return err
+	}
 	b, err := s.cfg.Service.AuditBundle(r.Context(), c, r.PathValue("id"))
 	if err != nil {
 		return err
@@ -133,15 +156,35 @@ func (s *server) auditBundle(w http.ResponseWriter, r *http.Request, c service.C
 	return nil
 }
 
-// intQuery reads a non-negative integer query parameter.
-func intQuery(r *http.Request, name string, def int64) (int64, error) {
-	v := r.URL.Query().Get(name)
-	if v == "" {
-		return def, nil
+// logParams reads the log endpoints' parameters: only the named ones,
+// each at most once.
+func logParams(r *http.Request, names ...string) (params, error) {
+	p := params{q: r.URL.Query()}
+	return p, p.only(names)
+}
+
+// int reads a non-negative integer parameter, def when absent.
+func (p params) int(name string, def int64) (int64, error) {
+	v, err := p.text(name)
+	if err != nil || v == "" {
+		return def, err
 	}
 	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil || n < 0 {
 		return 0, invalid("%s must be a non-negative number", name)
 	}
 	return n, nil
+}
+
+// bool reads a true/false parameter, false when absent.
+func (p params) bool(name string) (bool, error) {
+	v, err := p.text(name)
+	if err != nil || v == "" {
+		return false, err
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, invalid("%s must be true or false", name)
+	}
+	return b, nil
 }

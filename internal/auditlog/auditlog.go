@@ -9,6 +9,9 @@
 // transaction that could still commit an event ordered before it has
 // ended (the snapshot's xmin), so a late commit of a lower id is neither
 // skipped nor able to fork the log.
+//
+// The package owns audit_leaves, audit_hashes and audit_checkpoints, and
+// reads audit_events, which package audit writes: the events it logs.
 package auditlog
 
 import (
@@ -27,6 +30,11 @@ const SystemLog = 0
 
 // ErrEmpty is returned when a log has no checkpoint yet.
 var ErrEmpty = errors.New("the audit log has no checkpoint yet")
+
+// ErrOtherKey is returned when a log's last checkpoint was signed by
+// another key, or for another origin: every signing process must share
+// one key (and its name).
+var ErrOtherKey = errors.New("audit log signed by another key")
 
 // ErrNotFound is returned for a leaf, size or run the log does not hold.
 var ErrNotFound = errors.New("not in the audit log")

@@ -2,8 +2,11 @@ package auditlog_test
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"testing"
+
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/rexec/rexec/internal/audit"
 	"github.com/rexec/rexec/internal/auditlog"
@@ -158,5 +161,59 @@ func TestIntegratorsTakeTurns(t *testing.T) {
 	}
 	if n, err := f.log.IntegrateAll(ctx); err != nil || n != 10 {
 		t.Errorf("integrated %d (%v), want 10", n, err)
+	}
+}
+
+// A process with another key refuses to extend a log: its checkpoints
+// would not verify under the key auditors hold.
+func TestOtherKeyRefused(t *testing.T) {
+	f := setup(t, "acme")
+	ctx := context.Background()
+	acme := f.tenant("acme")
+	f.record(acme, 3, audit.RunSubmitted)
+	f.integrate()
+	skey, _, err := note.GenerateKey(rand.Reader, "rexec-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := note.NewSigner(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := auditlog.New(f.pool, auditlog.Config{Signer: other,
+		Logs: func(context.Context) (map[int64]string, error) { return f.tenants, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.record(acme, 2, audit.RunQueued)
+	if _, err := l.IntegrateAll(ctx); !errors.Is(err, auditlog.ErrOtherKey) {
+		t.Errorf("integrating with another key: %v, want ErrOtherKey", err)
+	}
+	if c, _ := f.log.Latest(ctx, acme); c.Size != 3 {
+		t.Errorf("the other key extended the log to %d", c.Size)
+	}
+	f.integrate()
+	if res, err := f.verify(acme, nil); err != nil || res.Size != 5 {
+		t.Errorf("after the refusal: %+v, %v", res, err)
+	}
+}
+
+// The database, not the writer, sets an event's transaction id: a row
+// claiming a future one cannot move the log past honest events.
+func TestTxidSetByDatabase(t *testing.T) {
+	f := setup(t, "acme")
+	ctx := context.Background()
+	acme := f.tenant("acme")
+	body, err := audit.Event{TenantID: acme, Actor: "mallory", Type: audit.RunSubmitted}.Body()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.pool.Exec(ctx, `INSERT INTO audit_events (body, txid) VALUES ($1, '999999999999')`, string(body)); err != nil {
+		t.Fatal(err)
+	}
+	f.record(acme, 2, audit.RunQueued)
+	f.awaitIntegrated(3)
+	if res, err := f.verify(acme, nil); err != nil || res.Size != 3 {
+		t.Errorf("verify: %+v, %v", res, err)
 	}
 }

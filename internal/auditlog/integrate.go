@@ -22,7 +22,7 @@ const (
 	// transaction below it has committed or never will.
 	queryHorizon = `SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint`
 
-	queryLast = `SELECT size, last_txid::text::bigint, last_event FROM audit_checkpoints
+	queryLast = `SELECT size, last_txid::text::bigint, last_event, note FROM audit_checkpoints
 		WHERE log_id = $1 ORDER BY size DESC LIMIT 1`
 
 	// The next events in log order, (txid, id), after the last one
@@ -64,10 +64,25 @@ func (l *Log) integrate(ctx context.Context, logID int64, origin string) (int, e
 		if err := tx.QueryRow(ctx, queryHorizon).Scan(&horizon); err != nil {
 			return fmt.Errorf("horizon: %w", err)
 		}
-		var size, lastTxid, lastEvent int64
-		err := tx.QueryRow(ctx, queryLast, logID).Scan(&size, &lastTxid, &lastEvent)
+		var (
+			size, lastTxid, lastEvent int64
+			lastNote                  string
+		)
+		err := tx.QueryRow(ctx, queryLast, logID).Scan(&size, &lastTxid, &lastEvent, &lastNote)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("last checkpoint: %w", err)
+		}
+		if lastNote != "" {
+			// A process with another key (or key name) would extend the
+			// log under a signer no auditor expects: refuse, loudly.
+			o, name, hash, err := auditproof.Signer([]byte(lastNote))
+			if err != nil {
+				return fmt.Errorf("last checkpoint: %w", err)
+			}
+			if o != origin || name != l.cfg.Signer.Name() || hash != l.cfg.Signer.KeyHash() {
+				return fmt.Errorf("%w: the log %q was signed by %s (key %08x) as %q; this process signs as %s (key %08x)",
+					ErrOtherKey, o, name, hash, o, l.cfg.Signer.Name(), l.cfg.Signer.KeyHash())
+			}
 		}
 		q := queryPendingTenant
 		if logID == SystemLog {

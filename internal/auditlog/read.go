@@ -104,16 +104,31 @@ func (l *Log) Leaves(ctx context.Context, logID, from, to int64) ([]auditproof.L
 	if err != nil {
 		return nil, fmt.Errorf("leaves: %w", err)
 	}
+	// A leaf hash that is gone is left zero: the verifier names the leaf,
+	// where an error here would only fail the read.
 	idx := make([]int64, len(leaves))
 	for i, lf := range leaves {
 		idx[i] = tlog.StoredHashIndex(0, lf.Index)
 	}
-	hs, err := l.reader(ctx, logID).ReadHashes(idx)
+	stored := map[int64]tlog.Hash{}
+	rows, err = l.pool.Query(ctx, queryHashes, logID, idx)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("leaf hashes: %w", err)
+	}
+	var (
+		x int64
+		h []byte
+	)
+	if _, err := pgx.ForEachRow(rows, []any{&x, &h}, func() error {
+		if len(h) == tlog.HashSize {
+			stored[x] = tlog.Hash(h)
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("leaf hashes: %w", err)
 	}
 	for i := range leaves {
-		leaves[i].Hash = hs[i]
+		leaves[i].Hash = stored[idx[i]]
 	}
 	return leaves, nil
 }
@@ -149,34 +164,35 @@ func (l *Log) ProveConsistency(ctx context.Context, logID, old, size int64) (tlo
 }
 
 // RunBundle returns a run's logged events with inclusion proofs in the
-// log's latest checkpoint. Events not yet logged are left out.
-func (l *Log) RunBundle(ctx context.Context, logID int64, runID string) (auditproof.Bundle, error) {
+// log's latest checkpoint, and that checkpoint's size. Events not yet
+// logged are left out.
+func (l *Log) RunBundle(ctx context.Context, logID int64, runID string) (auditproof.Bundle, int64, error) {
 	cp, err := l.Latest(ctx, logID)
 	if err != nil {
-		return auditproof.Bundle{}, err
+		return auditproof.Bundle{}, 0, err
 	}
 	rows, err := l.pool.Query(ctx, queryRunLeaves, logID, runID, cp.Size)
 	if err != nil {
-		return auditproof.Bundle{}, fmt.Errorf("run events: %w", err)
+		return auditproof.Bundle{}, 0, fmt.Errorf("run events: %w", err)
 	}
 	events, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (auditproof.BundleEvent, error) {
 		var e auditproof.BundleEvent
 		return e, r.Scan(&e.Leaf, &e.Body)
 	})
 	if err != nil {
-		return auditproof.Bundle{}, fmt.Errorf("run events: %w", err)
+		return auditproof.Bundle{}, 0, fmt.Errorf("run events: %w", err)
 	}
 	if len(events) == 0 {
-		return auditproof.Bundle{}, fmt.Errorf("%w: no logged event of run %s", ErrNotFound, runID)
+		return auditproof.Bundle{}, 0, fmt.Errorf("%w: no logged event of run %s", ErrNotFound, runID)
 	}
 	r := l.reader(ctx, logID)
 	for i := range events {
 		p, err := tlog.ProveRecord(cp.Size, events[i].Leaf, r)
 		if err != nil {
-			return auditproof.Bundle{}, fmt.Errorf("prove leaf %d: %w", events[i].Leaf, err)
+			return auditproof.Bundle{}, 0, fmt.Errorf("prove leaf %d: %w", events[i].Leaf, err)
 		}
 		events[i].Proof = p
 	}
 	origin, _, _ := strings.Cut(cp.Note, "\n")
-	return auditproof.Bundle{Format: auditproof.BundleFormat, Origin: origin, Run: runID, Checkpoint: cp.Note, Events: events}, nil
+	return auditproof.Bundle{Format: auditproof.BundleFormat, Origin: origin, Run: runID, Checkpoint: cp.Note, Events: events}, cp.Size, nil
 }

@@ -53,6 +53,10 @@ func TestTamperDetected(t *testing.T) {
 				h := auditproof.LeafHash([]byte(body))
 				exec(t, tx, `UPDATE audit_hashes SET hash = $1 WHERE idx = $2`, h[:], tlog.StoredHashIndex(0, 9))
 			}},
+		{name: "leaf hash deleted", leaf: 9, event: at(9), reason: "no leaf hash is stored",
+			do: func(t *testing.T, f *fixture, tx pgx.Tx, ids []int64) {
+				exec(t, tx, `DELETE FROM audit_hashes WHERE idx = $1`, tlog.StoredHashIndex(0, 9))
+			}},
 		{name: "event deleted", leaf: 5, event: at(5), reason: "deleted",
 			do: func(t *testing.T, f *fixture, tx pgx.Tx, ids []int64) {
 				exec(t, tx, `DELETE FROM audit_events WHERE id = $1`, ids[5])

@@ -12,8 +12,11 @@ package auditproof
 
 import (
 	"bytes"
+	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
@@ -92,4 +95,25 @@ func CheckConsistency(older, newer Checkpoint, proof tlog.TreeProof) error {
 		return fmt.Errorf("the log at %d events does not extend the log at %d events: %w", newer.Size, older.Size, err)
 	}
 	return nil
+}
+
+// Signer names the key that signed a checkpoint and the log it claims, as
+// the note says, without checking the signature: enough for a signer to
+// see that it is about to extend a log someone else's key signed.
+func Signer(signed []byte) (origin, name string, hash uint32, err error) {
+	text, sigs, ok := bytes.Cut(signed, []byte("\n\n"))
+	if !ok {
+		return "", "", 0, fmt.Errorf("not a signed note")
+	}
+	o, _, _ := bytes.Cut(text, []byte("\n"))
+	line, _, _ := bytes.Cut(sigs, []byte("\n"))
+	f := strings.Fields(string(line))
+	if len(f) != 3 || f[0] != "—" {
+		return "", "", 0, fmt.Errorf("no signature line")
+	}
+	raw, err := base64.StdEncoding.DecodeString(f[2])
+	if err != nil || len(raw) < 4 {
+		return "", "", 0, fmt.Errorf("malformed signature")
+	}
+	return string(o), f[1], binary.BigEndian.Uint32(raw), nil
 }

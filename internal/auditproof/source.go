@@ -66,34 +66,43 @@ func VerifyLog(ctx context.Context, src Source, key note.Verifier, kept []byte) 
 		}
 		others = append(others, k)
 	}
-	for after := int64(0); ; {
-		page, err := src.Checkpoints(ctx, after, CheckpointPage)
-		if err != nil {
-			return Result{}, fmt.Errorf("checkpoints: %w", err)
-		}
-		for _, raw := range page {
-			c, err := Open(raw, key)
-			if err != nil {
-				return Result{}, fmt.Errorf("checkpoint after %d events: %w", after, err)
-			}
-			if c.Size <= after {
-				return Result{}, fmt.Errorf("checkpoints out of order: %d after %d", c.Size, after)
-			}
-			after = c.Size
-			if c.Size <= latest.Size {
-				others = append(others, c)
-			}
-		}
-		if len(page) < CheckpointPage || after >= latest.Size {
-			break
-		}
-	}
 	v, err := NewVerifier(latest, others...)
 	if err != nil {
 		return Result{}, err
 	}
+	// Checkpoints are read a page at a time, ahead of the leaves they
+	// check: a long log has millions.
+	after, more := int64(0), true
+	expectUpTo := func(size int64) error {
+		for more && after < size {
+			page, err := src.Checkpoints(ctx, after, CheckpointPage)
+			if err != nil {
+				return fmt.Errorf("checkpoints: %w", err)
+			}
+			for _, raw := range page {
+				c, err := Open(raw, key)
+				if err != nil {
+					return fmt.Errorf("checkpoint after %d events: %w", after, err)
+				}
+				if c.Size <= after {
+					return fmt.Errorf("checkpoints out of order: %d after %d", c.Size, after)
+				}
+				after = c.Size
+				if c.Size < latest.Size && c.Size > v.next {
+					if err := v.Expect(c); err != nil {
+						return err
+					}
+				}
+			}
+			more = len(page) == CheckpointPage && after < latest.Size
+		}
+		return nil
+	}
 	for from := int64(0); from < latest.Size; {
 		to := min(from+LeafPage, latest.Size)
+		if err := expectUpTo(to); err != nil {
+			return Result{}, err
+		}
 		leaves, err := src.Leaves(ctx, from, to)
 		if err != nil {
 			return Result{}, fmt.Errorf("leaves from %d: %w", from, err)

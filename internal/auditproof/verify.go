@@ -2,6 +2,7 @@ package auditproof
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"slices"
 
@@ -52,34 +53,44 @@ type Verifier struct {
 }
 
 // NewVerifier checks a log up to latest, against latest and every other
-// checkpoint given (each already opened with the log's key: see Open).
-// Checkpoints beyond latest are an error: the log lost events.
+// checkpoint given or later expected (each already opened with the log's
+// key: see Open). A checkpoint beyond latest is an error: the log lost
+// events.
 func NewVerifier(latest Checkpoint, others ...Checkpoint) (*Verifier, error) {
 	v := &Verifier{latest: latest}
-	all := append([]Checkpoint{latest}, others...)
-	for _, c := range all {
-		if c.Origin != latest.Origin {
-			return nil, fmt.Errorf("checkpoint of another log: %q, not %q", c.Origin, latest.Origin)
-		}
-		if c.Size > latest.Size {
-			return nil, &Mismatch{Leaf: latest.Size, Reason: fmt.Sprintf(
-				"the log was truncated: a checkpoint signed for %d events exists, and the log now ends at %d", c.Size, latest.Size)}
-		}
-	}
-	slices.SortFunc(all, func(a, b Checkpoint) int { return int(a.Size - b.Size) })
-	for i, c := range all {
-		if i > 0 && all[i-1].Size == c.Size {
-			if all[i-1].Root != c.Root {
-				return nil, &Mismatch{Leaf: c.Size - 1, Reason: fmt.Sprintf(
-					"two checkpoints signed for %d events disagree on the root: the log forked", c.Size)}
-			}
-			continue
-		}
-		v.checkpoints = append(v.checkpoints, c)
-	}
 	f := compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
 	v.rng = f.NewEmptyRange(0)
+	for _, c := range append([]Checkpoint{latest}, others...) {
+		if err := v.Expect(c); err != nil {
+			return nil, err
+		}
+	}
 	return v, nil
+}
+
+// Expect adds a checkpoint the recomputed tree must match when it reaches
+// the checkpoint's size. Checkpoints may come as the leaves do, a page at a
+// time, so that a long log's are never all held at once.
+func (v *Verifier) Expect(c Checkpoint) error {
+	switch {
+	case c.Origin != v.latest.Origin:
+		return fmt.Errorf("checkpoint of another log: %q, not %q", c.Origin, v.latest.Origin)
+	case c.Size > v.latest.Size:
+		return &Mismatch{Leaf: v.latest.Size, Reason: fmt.Sprintf(
+			"the log was truncated: a checkpoint signed for %d events exists, and the log now ends at %d", c.Size, v.latest.Size)}
+	case c.Size <= v.next:
+		return fmt.Errorf("checkpoint of %d events comes after leaf %d was checked", c.Size, v.next)
+	}
+	i, found := slices.BinarySearchFunc(v.checkpoints, c.Size, func(e Checkpoint, size int64) int { return cmp.Compare(e.Size, size) })
+	if found {
+		if v.checkpoints[i].Root != c.Root {
+			return &Mismatch{Leaf: c.Size - 1, Reason: fmt.Sprintf(
+				"two checkpoints signed for %d events disagree on the root: the log forked", c.Size)}
+		}
+		return nil
+	}
+	v.checkpoints = slices.Insert(v.checkpoints, i, c)
+	return nil
 }
 
 // Add takes the next leaf. It returns a *Mismatch at the first leaf that
@@ -92,6 +103,8 @@ func (v *Verifier) Add(l Leaf) error {
 		return nil // logged after the checkpoint being verified
 	case l.Body == nil:
 		return &Mismatch{Leaf: l.Index, EventID: l.EventID, Reason: "the event was deleted from the database"}
+	case l.Hash == tlog.Hash{}:
+		return &Mismatch{Leaf: l.Index, EventID: l.EventID, Reason: "no leaf hash is stored for it: the tree was changed"}
 	}
 	if v.next == v.rangeStart {
 		v.rangeEvent = l.EventID

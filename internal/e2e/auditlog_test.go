@@ -261,6 +261,10 @@ func TestAuditFollow(t *testing.T) {
 	if res.code != 1 {
 		t.Errorf("bad -from-leaf: exit %d", res.code)
 	}
+	res = e.cli(nil, "audit", "-follow", "-type", "node.exitted")
+	if res.code != 1 || !strings.Contains(res.stderr, `unknown event type "node.exitted"`) {
+		t.Errorf("-follow with a misspelt type: exit %d\n%s", res.code, res.stderr)
+	}
 	res = e.cli(nil, "audit", "-follow", "-node", "web-1")
 	if res.code != 1 || !strings.Contains(res.stderr, "-follow streams every new event") {
 		t.Errorf("-follow with a filter: exit %d\n%s", res.code, res.stderr)

@@ -316,7 +316,9 @@ func (e *execution) recordUnrecordedFire(ctx context.Context, tx pgx.Tx, q *stor
 	if f == nil {
 		return nil
 	}
-	if err := q.MarkFired(ctx, e.run.ID, f.at); err != nil {
+	// Recorded once: a retry after a commit whose answer was lost finds
+	// fired_at set and writes no second event.
+	if first, err := q.MarkFired(ctx, e.run.ID, f.at); err != nil || !first {
 		return err
 	}
 	return audit.Record(ctx, tx, e.runEvent(audit.EventFired, map[string]any{"fired_at": f.at, "events": f.events,

@@ -32,8 +32,8 @@ func (s *Service) QueryAudit(ctx context.Context, c Caller, f audit.Filter) (aud
 		return audit.Page{}, err
 	}
 	if f.Cursor == "" {
-		err = audit.Record(ctx, s.store.Pool(), audit.Event{TenantID: c.Tenant.ID, Actor: c.Principal.Name, Type: audit.AuditQueried,
-			Data: map[string]any{"filter": filterData(f), "events": len(p.Events), "more": p.Next != ""}})
+		err = audit.Record(ctx, s.store.Pool(), c.event("", audit.AuditQueried,
+			map[string]any{"filter": filterData(f), "events": len(p.Events), "more": p.Next != ""}))
 		if err != nil {
 			return audit.Page{}, err
 		}

@@ -60,7 +60,7 @@ func (s *Service) AuditLeaves(ctx context.Context, c Caller, from, to int64, sta
 		return nil, errorf(ErrInvalid, "want 0 ≤ from < to and at most %d leaves", MaxLeafPage)
 	}
 	if from == 0 || start {
-		err := audit.Record(ctx, s.store.Pool(), auditEvent(c, audit.AuditExported, "", map[string]any{"from": from}))
+		err := audit.Record(ctx, s.store.Pool(), c.event("", audit.AuditExported, map[string]any{"from": from}))
 		if err != nil {
 			return nil, err
 		}
@@ -94,11 +94,11 @@ func (s *Service) AuditBundle(ctx context.Context, c Caller, runID string) (audi
 	if !store.IsUUID(runID) {
 		return auditproof.Bundle{}, errorf(ErrNotFound, "no run %q", runID)
 	}
-	b, err := s.auditLog.RunBundle(ctx, c.Tenant.ID, runID)
+	b, size, err := s.auditLog.RunBundle(ctx, c.Tenant.ID, runID)
 	if err != nil {
 		return auditproof.Bundle{}, logError(err)
 	}
-	e := auditEvent(c, audit.AuditExported, runID, map[string]any{"bundle": true, "events": len(b.Events), "size": b.Events[len(b.Events)-1].Leaf + 1})
+	e := c.event(runID, audit.AuditExported, map[string]any{"bundle": true, "events": len(b.Events), "size": size})
 	if err := audit.Record(ctx, s.store.Pool(), e); err != nil {
 		return auditproof.Bundle{}, err
 	}
@@ -123,7 +123,3 @@ func logError(err error) error {
 	return err
 }
 
-// auditEvent is an event the caller caused.
-func auditEvent(c Caller, typ, runID string, data map[string]any) audit.Event {
-	return audit.Event{TenantID: c.Tenant.ID, RunID: runID, Actor: c.Principal.Name, Type: typ, Data: data}
-}

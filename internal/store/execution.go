@@ -191,14 +191,16 @@ func (q *Queries) MarkFiring(ctx context.Context, runID, owner, session string) 
 	return nil
 }
 
-const queryMarkFired = `UPDATE runs SET fired_at = coalesce(fired_at, $2) WHERE id = $1`
+const queryMarkFired = `UPDATE runs SET fired_at = $2 WHERE id = $1 AND fired_at IS NULL`
 
-// MarkFired records when the event went out.
-func (q *Queries) MarkFired(ctx context.Context, runID string, at time.Time) error {
-	if _, err := q.db.Exec(ctx, queryMarkFired, runID, at); err != nil {
-		return fmt.Errorf("mark fired: %w", err)
+// MarkFired records when the event went out; false if that was recorded
+// already (a commit whose answer was lost, retried).
+func (q *Queries) MarkFired(ctx context.Context, runID string, at time.Time) (bool, error) {
+	tag, err := q.db.Exec(ctx, queryMarkFired, runID, at)
+	if err != nil {
+		return false, fmt.Errorf("mark fired: %w", err)
 	}
-	return nil
+	return tag.RowsAffected() == 1, nil
 }
 
 const queryAck = `UPDATE run_nodes SET state = 'acked', acked_at = $3 WHERE run_id = $1 AND node = $2 AND acked_at IS NULL AND state = 'pending'`

@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 
@@ -72,8 +73,19 @@ INSERT INTO tenants (name, consul_addr, consul_datacenter, consul_token, consul_
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 RETURNING ` + tenantColumns
 
+// tenantName is what a tenant may be called: its name is part of its
+// audit log's origin, the first line of every signed checkpoint, where a
+// space, a control character or a newline would make the log unverifiable.
+var tenantName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// ErrTenantName is returned for a name tenantName refuses.
+var ErrTenantName = errors.New("a tenant name is 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+
 // CreateTenant inserts t; ErrExists if the name is taken.
 func (q *Queries) CreateTenant(ctx context.Context, t Tenant) (Tenant, error) {
+	if !tenantName.MatchString(t.Name) {
+		return Tenant{}, fmt.Errorf("tenant %q: %w", t.Name, ErrTenantName)
+	}
 	out, err := scanTenant(q.db.QueryRow(ctx, queryCreateTenant, t.Name, t.ConsulAddr, t.Datacenter, t.ConsulToken, t.TLS, t.Prefix, t.OutputCap, cmp.Or(t.StartTimeout, StartTimeoutDefault).Milliseconds(),
 		cmp.Or(t.ApprovalTTL, ApprovalTTLDefault).Milliseconds(), cmp.Or(t.TimeZone, "UTC"), t.WebhookURL, t.WebhookSecret))
 	if isUniqueViolation(err) {
