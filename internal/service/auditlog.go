@@ -122,4 +122,3 @@ func logError(err error) error {
 	}
 	return err
 }
-
