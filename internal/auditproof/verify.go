@@ -97,10 +97,10 @@ func (v *Verifier) Expect(c Checkpoint) error {
 // shows the log was changed.
 func (v *Verifier) Add(l Leaf) error {
 	switch {
+	case l.Index >= v.latest.Size && l.Index >= v.next:
+		return nil // logged after the checkpoint being verified
 	case l.Index != v.next:
 		return &Mismatch{Leaf: v.next, Reason: fmt.Sprintf("missing: the log skips from leaf %d to %d", v.next, l.Index)}
-	case v.next >= v.latest.Size:
-		return nil // logged after the checkpoint being verified
 	case l.Body == nil:
 		return &Mismatch{Leaf: l.Index, EventID: l.EventID, Reason: "the event was deleted from the database"}
 	case l.Hash == tlog.Hash{}:
