@@ -2,7 +2,6 @@ package audit_test
 
 import (
 	"context"
-	"log/slog"
 	"os"
 	"slices"
 	"strconv"
@@ -85,19 +84,9 @@ func benchLog(b *testing.B) (*pgxpool.Pool, int64, time.Time) {
 				b.Fatalf("%s: %v", benchRunsEnv, err)
 			}
 		}
-		if err := store.Migrate(ctx, pool, slog.New(slog.DiscardHandler)); err != nil {
-			b.Fatal(err)
-		}
-		ta, err := st.CreateTenant(ctx, store.Tenant{Name: "acme", ConsulAddr: "127.0.0.1:8500", Prefix: "_rexec", OutputCap: 1})
-		if err != nil {
-			b.Fatal(err)
-		}
-		tb, err := st.CreateTenant(ctx, store.Tenant{Name: "other", ConsulAddr: "127.0.0.1:8500", Prefix: "_rexec", OutputCap: 1})
-		if err != nil {
-			b.Fatal(err)
-		}
+		ta, tb := twoTenants(b, st)
 		for lo := 1; lo <= runs; lo += 50000 {
-			if _, err := pool.Exec(ctx, queryGenerate, ta.ID, tb.ID, lo, min(lo+49999, runs), benchStart); err != nil {
+			if _, err := pool.Exec(ctx, queryGenerate, ta, tb, lo, min(lo+49999, runs), benchStart); err != nil {
 				b.Fatal(err)
 			}
 		}

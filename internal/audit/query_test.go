@@ -52,18 +52,8 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
-	if err := store.Migrate(ctx, st.Pool(), slog.New(slog.DiscardHandler)); err != nil {
-		t.Fatal(err)
-	}
-	ta, err := st.CreateTenant(ctx, store.Tenant{Name: "acme", ConsulAddr: "127.0.0.1:8500", Prefix: "_rexec", OutputCap: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tb, err := st.CreateTenant(ctx, store.Tenant{Name: "other", ConsulAddr: "127.0.0.1:8500", Prefix: "_rexec", OutputCap: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{pool: st.Pool(), a: ta.ID, b: tb.ID, ids: map[string]int64{}, tenants: map[string]int64{},
+	ta, tb := twoTenants(t, st)
+	f := &fixture{pool: st.Pool(), a: ta, b: tb, ids: map[string]int64{}, tenants: map[string]int64{},
 		t0: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)}
 	A, B := f.a, f.b
 	for i, e := range []struct {
@@ -109,6 +99,24 @@ func newFixture(t *testing.T) *fixture {
 		f.tenants[e.label] = e.ev.TenantID
 	}
 	return f
+}
+
+// twoTenants migrates st's database and creates two tenants.
+func twoTenants(tb testing.TB, st *store.Store) (a, b int64) {
+	tb.Helper()
+	ctx := context.Background()
+	if err := store.Migrate(ctx, st.Pool(), slog.New(slog.DiscardHandler)); err != nil {
+		tb.Fatal(err)
+	}
+	var ids []int64
+	for _, name := range []string{"acme", "other"} {
+		t, err := st.CreateTenant(ctx, store.Tenant{Name: name, ConsulAddr: "127.0.0.1:8500", Prefix: "_rexec", OutputCap: 1})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		ids = append(ids, t.ID)
+	}
+	return ids[0], ids[1]
 }
 
 // at is the time of the i-th event recorded.
