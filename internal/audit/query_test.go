@@ -52,18 +52,8 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
-	if err := store.Migrate(ctx, st.Pool(), slog.New(slog.DiscardHandler)); err != nil {
-		t.Fatal(err)
-	}
-	ta, err := st.CreateTenant(ctx, store.Tenant{Name: "acme", ConsulAddr: "127.0.0.1:8500", Prefix: "_rexec", OutputCap: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tb, err := st.CreateTenant(ctx, store.Tenant{Name: "other", ConsulAddr: "127.0.0.1:8500", Prefix: "_rexec", OutputCap: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{pool: st.Pool(), a: ta.ID, b: tb.ID, ids: map[string]int64{}, tenants: map[string]int64{},
+	ta, tb := twoTenants(t, st)
+	f := &fixture{pool: st.Pool(), a: ta, b: tb, ids: map[string]int64{}, tenants: map[string]int64{},
 		t0: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)}
 	A, B := f.a, f.b
 	for i, e := range []struct {
@@ -109,6 +99,24 @@ func newFixture(t *testing.T) *fixture {
 		f.tenants[e.label] = e.ev.TenantID
 	}
 	return f
+}
+
+// twoTenants migrates st's database and creates two tenants.
+func twoTenants(tb testing.TB, st *store.Store) (a, b int64) {
+	tb.Helper()
+	ctx := context.Background()
+	if err := store.Migrate(ctx, st.Pool(), slog.New(slog.DiscardHandler)); err != nil {
+		tb.Fatal(err)
+	}
+	var ids []int64
+	for _, name := range []string{"acme", "other"} {
+		t, err := st.CreateTenant(ctx, store.Tenant{Name: name, ConsulAddr: "127.0.0.1:8500", Prefix: "_rexec", OutputCap: 1})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		ids = append(ids, t.ID)
+	}
+	return ids[0], ids[1]
 }
 
 // at is the time of the i-th event recorded.
@@ -204,6 +212,16 @@ func TestQueryFilters(t *testing.T) {
 			if p.Next != "" {
 				t.Errorf("next %q on the only page", p.Next)
 			}
+			// Every way of carrying the query out finds the same events.
+			for _, name := range audit.PlanNames {
+				q, err := audit.QueryPlanned(context.Background(), f.pool, tc.filter, name)
+				if err != nil {
+					t.Fatalf("%s: %v", name, err)
+				}
+				if got, want := f.labels(t, q.Events), newest(tc.want...); !slices.Equal(got, want) {
+					t.Errorf("%s: got %v\nwant %v", name, got, want)
+				}
+			}
 		})
 	}
 }
@@ -253,6 +271,23 @@ func TestQueryPages(t *testing.T) {
 	got := append(f.labels(t, p1.Events), f.labels(t, p2.Events)...)
 	if want := []string{"read", "3.denied", "3.refused", "3.submitted", "1.finished", "1.exited3", "1.exited2", "1.exited1"}; !slices.Equal(got, want) {
 		t.Errorf("filtered pages: %v, want %v", got, want)
+	}
+	// Pages of a time range and a run-level filter, however carried out.
+	for _, name := range audit.PlanNames {
+		var got []string
+		for cursor := ""; ; {
+			p, err := audit.QueryPlanned(ctx, f.pool, audit.Filter{TenantID: f.a, Since: f.at(1), Until: f.at(19), State: "failed", Limit: 3, Cursor: cursor}, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, f.labels(t, p.Events)...)
+			if cursor = p.Next; cursor == "" {
+				break
+			}
+		}
+		if want := newest("1.submitted", "1.approved", "1.started", "1.exited1", "1.exited2", "1.exited3", "1.finished"); !slices.Equal(got, want) {
+			t.Errorf("%s: pages give %v, want %v", name, got, want)
+		}
 	}
 	// The default page is 100 events.
 	if got := len(all.Events); got != 17 {

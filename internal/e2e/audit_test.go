@@ -236,6 +236,19 @@ func TestAuditQueries(t *testing.T) {
 			t.Errorf("refused queries recorded %d audit.queried events", n)
 		}
 	})
+	t.Run("no secret in an export", func(t *testing.T) {
+		for _, format := range []string{"json", "csv", "table"} {
+			res := e.cliAs(auditor, nil, "audit", "-all", "-format", format)
+			if res.code != 0 || !strings.Contains(res.stdout, "token.created") {
+				t.Fatalf("export as %s: exit %d\n%s", format, res.code, res.stderr)
+			}
+			for _, tok := range []string{e.token, auditor, sam, otherAuditor} {
+				if strings.Contains(res.stdout, tok) {
+					t.Errorf("an API token in the %s export", format)
+				}
+			}
+		}
+	})
 	t.Run("roles", func(t *testing.T) {
 		before := queried()
 		res := e.cliAs(sam, nil, "audit")
