@@ -8,9 +8,7 @@ import (
 	"log/slog"
 	"math/big"
 	"os"
-	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -296,56 +294,3 @@ func BenchmarkAppend(b *testing.B) {
 	}
 }
 
-// BenchmarkAuditQuery reads the first page of filtered audit queries, as
-// `rexec-cli audit` does, with a random node, principal or exit code each
-// time; it reports the median and p95. Goal: p95 under 50 ms.
-func BenchmarkAuditQuery(b *testing.B) {
-	d := benchDataset(b)
-	ctx := context.Background()
-	pick := func(n int) int {
-		v, _ := rand.Int(rand.Reader, big.NewInt(int64(n)))
-		return int(v.Int64())
-	}
-	for _, bc := range []struct {
-		name   string
-		filter func() audit.Filter
-	}{
-		{"node_last_7d", func() audit.Filter {
-			return audit.Filter{TenantID: d.tenant, Node: fmt.Sprintf("node-%d", pick(d.nodes)), Since: time.Now().Add(-7 * 24 * time.Hour)}
-		}},
-		{"node_a_week_in_the_past", func() audit.Filter {
-			until := time.Now().Add(-time.Duration(7+pick(80)) * 24 * time.Hour)
-			return audit.Filter{TenantID: d.tenant, Node: fmt.Sprintf("node-%d", pick(d.nodes)), Since: until.Add(-7 * 24 * time.Hour), Until: until}
-		}},
-		{"principal", func() audit.Filter {
-			return audit.Filter{TenantID: d.tenant, Principal: fmt.Sprintf("user-%d", pick(50))}
-		}},
-		{"exit_code", func() audit.Filter {
-			code := pick(2)
-			return audit.Filter{TenantID: d.tenant, ExitCode: &code}
-		}},
-		{"exit_code_last_30d", func() audit.Filter {
-			code := 1
-			return audit.Filter{TenantID: d.tenant, ExitCode: &code, Since: time.Now().Add(-30 * 24 * time.Hour)}
-		}},
-	} {
-		b.Run(bc.name, func(b *testing.B) {
-			var took []time.Duration
-			for b.Loop() {
-				f := bc.filter()
-				start := time.Now()
-				p, err := audit.Query(ctx, d.st.Pool(), f)
-				if err != nil {
-					b.Fatal(err)
-				}
-				took = append(took, time.Since(start))
-				if len(p.Events) == 0 && !strings.HasPrefix(bc.name, "node") { // a small dataset leaves some nodes idle in a week
-					b.Fatalf("%+v: no events", f)
-				}
-			}
-			slices.Sort(took)
-			b.ReportMetric(float64(took[len(took)/2].Microseconds())/1000, "p50-ms")
-			b.ReportMetric(float64(took[len(took)*95/100].Microseconds())/1000, "p95-ms")
-		})
-	}
-}
