@@ -293,4 +293,3 @@ func BenchmarkAppend(b *testing.B) {
 		})
 	}
 }
-
