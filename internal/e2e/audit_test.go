@@ -293,13 +293,13 @@ func TestAuditQueries(t *testing.T) {
 				t.Errorf("%s: %v, want 400 saying %q", tc.query, err, tc.msg)
 			}
 		}
-		for _, args := range [][]string{{"-exit-code", "x"}, {"-format", "xml"}, {"-follow"}, {"-state", "running"}, {"extra"}} {
+		for _, args := range [][]string{{"-exit-code", "x"}, {"-format", "xml"}, {"-follow", "-node", "web-1"}, {"-follow", "-format", "csv"}, {"-state", "running"}, {"extra"}} {
 			if res := e.cliAs(auditor, nil, append([]string{"audit"}, args...)...); res.code != 1 || res.stderr == "" || res.stdout != "" {
 				t.Errorf("audit %v: exit %d, stdout %q, stderr %q", args, res.code, res.stdout, res.stderr)
 			}
 		}
-		if res := e.cliAs(auditor, nil, "audit", "-follow"); !strings.Contains(res.stderr, "not implemented") {
-			t.Errorf("audit -follow: %q", res.stderr)
+		if res := e.cliAs(auditor, nil, "audit", "-follow", "-node", "web-1"); !strings.Contains(res.stderr, "-follow streams every new event") {
+			t.Errorf("audit -follow with a filter: %q", res.stderr)
 		}
 		if n := queried() - before; n != 0 {
 			t.Errorf("bad queries recorded %d audit.queried events", n)
