@@ -94,4 +94,4 @@ DROP FUNCTION IF EXISTS rexec_audit_final_state;
 DROP FUNCTION IF EXISTS rexec_audit_command;
 DROP FUNCTION IF EXISTS rexec_audit_words;
 DROP FUNCTION IF EXISTS rexec_audit_service;
-DROP EXTENSION IF EXISTS pg_trgm;
+-- pg_trgm stays: it may have been installed before, and may serve others.

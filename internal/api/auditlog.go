@@ -2,7 +2,6 @@ package api
 
 import (
 	"net/http"
-	"strconv"
 	"time"
 
 	"golang.org/x/mod/sumdb/tlog"
@@ -161,30 +160,4 @@ func (s *server) auditBundle(w http.ResponseWriter, r *http.Request, c service.C
 func logParams(r *http.Request, names ...string) (params, error) {
 	p := params{q: r.URL.Query()}
 	return p, p.only(names)
-}
-
-// int reads a non-negative integer parameter, def when absent.
-func (p params) int(name string, def int64) (int64, error) {
-	v, err := p.text(name)
-	if err != nil || v == "" {
-		return def, err
-	}
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || n < 0 {
-		return 0, invalid("%s must be a non-negative number", name)
-	}
-	return n, nil
-}
-
-// bool reads a true/false parameter, false when absent.
-func (p params) bool(name string) (bool, error) {
-	v, err := p.text(name)
-	if err != nil || v == "" {
-		return false, err
-	}
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		return false, invalid("%s must be true or false", name)
-	}
-	return b, nil
 }
