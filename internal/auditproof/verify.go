@@ -149,6 +149,3 @@ func (v *Verifier) Finish() (Result, error) {
 	}
 	return Result{Origin: v.latest.Origin, Size: v.latest.Size, Root: v.latest.Root}, nil
 }
-
-// Want is how many leaves the verifier still needs.
-func (v *Verifier) Want() int64 { return v.latest.Size - v.next }
