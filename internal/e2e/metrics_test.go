@@ -122,35 +122,48 @@ func (e *env) startWorker(args ...string) string {
 }
 
 // TestMetrics scrapes an API-only process and a worker-only process: every
-// name of the catalogue (docs/metrics.md) is there, the values move as a
-// run is queued and carried out, and no Consul endpoint label carries a
-// key, session or node.
+// name of the catalogue (docs/metrics.md) is there, the values move as runs
+// are queued, cancelled, carried out or failed unstarted, and no Consul
+// endpoint label carries a key, session or node.
 func TestMetrics(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOpts{workers: -1})
 	is := func(want float64) func(float64) bool { return func(v float64) bool { return v == want } }
 	atLeast := func(want float64) func(float64) bool { return func(v float64) bool { return v >= want } }
 
-	// Queued with no worker yet: the database's gauges see it.
-	sub := e.cli(nil, "exec", "-detach", "-node", "^web-1$", "echo hello")
-	if sub.code != 0 {
-		t.Fatalf("exec -detach: %d %s", sub.code, sub.stderr)
+	// With no worker yet: a run to carry out, one to cancel while queued,
+	// and one whose start bound passes before a worker comes.
+	detach := func(args ...string) string {
+		t.Helper()
+		sub := e.cli(nil, append([]string{"exec", "-detach", "-node", "^web-1$"}, args...)...)
+		if sub.code != 0 {
+			t.Fatalf("exec -detach %v: %d %s", args, sub.code, sub.stderr)
+		}
+		return strings.TrimSpace(sub.stdout)
 	}
-	id := strings.TrimSpace(sub.stdout)
+	id := detach("echo hello")
+	if res := e.cli(nil, "jobs", "cancel", detach("echo never")); res.code != 0 {
+		t.Fatalf("jobs cancel: %d %s", res.code, res.stderr)
+	}
+	late := detach("-start-timeout", "1s", "echo late")
+	startBy := e.show(late).StartBy
 	api := scrapeMetrics(t, e.addr)
 	for _, c := range []struct {
 		name   string
 		labels []string
 		ok     func(float64) bool
 	}{
-		{metrics.NameRuns, []string{"state", "queued"}, is(1)},
+		{metrics.NameRuns, []string{"state", "queued"}, is(2)},
 		{metrics.NameRuns, []string{"state", "running"}, is(0)},
-		{metrics.NameQueueDepth, nil, is(1)},
+		// Jobs, not runs: the cancelled run's job waits too, until a
+		// worker takes it and finds nothing to do.
+		{metrics.NameQueueDepth, nil, is(3)},
 		{metrics.NameQueueOldestAge, nil, atLeast(0)},
-		{metrics.NameSubmit, nil, is(1)},
+		{metrics.NameSubmit, nil, is(3)},
+		{metrics.NameRunsFinished, []string{"state", "cancelled"}, is(1)},
 		{metrics.NameWorkerSlots, nil, is(0)},
 		{metrics.NameRunsInFlight, nil, is(0)},
-		{"rexec_http_requests_total", []string{"route", "POST /v1/runs", "code", "201"}, is(1)},
+		{"rexec_http_requests_total", []string{"route", "POST /v1/runs", "code", "201"}, is(3)},
 	} {
 		if v := api.value(c.name, c.labels...); !c.ok(v) {
 			t.Errorf("API before the run: %s%v = %v", c.name, c.labels, v)
@@ -161,6 +174,7 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("API: no Consul request counted")
 	}
 
+	await(t, 30*time.Second, "the late run's start bound to pass", func() bool { return time.Now().After(startBy) })
 	worker := e.startWorker("-workers", "2", "-worker-id", "metrics", "-metrics-listen", "127.0.0.1:0")
 	for _, path := range []string{"/healthz", "/readyz"} {
 		resp, err := http.Get(worker + path)
@@ -178,13 +192,16 @@ func TestMetrics(t *testing.T) {
 	// The run's end is committed before the worker lets go of it: await
 	// the worker's own counts.
 	awaitValue(t, worker, is(0), metrics.NameRunsInFlight)
-	w := awaitValue(t, worker, is(1), metrics.NameRunsFinished, "state", "completed")
+	awaitValue(t, worker, is(1), metrics.NameRunsFinished, "state", "completed")
+	// The late run fails unstarted, by the leader's sweep or by the
+	// worker whose job finds the bound passed, whichever comes first.
+	w := awaitValue(t, worker, is(1), metrics.NameRunsFinished, "state", "failed")
 	for _, c := range []struct {
 		name   string
 		labels []string
 		ok     func(float64) bool
 	}{
-		{metrics.NamePickup, nil, is(1)},
+		{metrics.NamePickup, nil, atLeast(1)},
 		{metrics.NameWorkerSlots, nil, is(2)},
 		{metrics.NameOutputBytesArchived, nil, is(float64(len("hello\n")))},
 		{metrics.NameConsulRequests, []string{"endpoint", "session/create", "result", "2xx"}, atLeast(1)},
