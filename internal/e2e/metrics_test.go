@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/rexec/rexec/internal/childproc"
 	"github.com/rexec/rexec/internal/metrics"
 )
 
@@ -105,6 +106,13 @@ var metricsListening = regexp.MustCompile(`msg="metrics listening" addr=(\S+)`)
 func (e *env) startWorker(args ...string) string {
 	e.t.Helper()
 	p, logPath := e.startProc(append([]string{"worker"}, args...)...)
+	return e.metricsAddr(p, logPath)
+}
+
+// metricsAddr is the base URL of the metrics listener of the process p,
+// which logs to logPath.
+func (e *env) metricsAddr(p *childproc.Process, logPath string) string {
+	e.t.Helper()
 	ctx := ctxT(e.t, 30*time.Second)
 	for {
 		b, _ := os.ReadFile(logPath)
@@ -112,10 +120,10 @@ func (e *env) startWorker(args ...string) string {
 			return "http://" + string(m[1])
 		}
 		if exited, err := p.Exited(); exited {
-			e.t.Fatalf("worker exited: %v\n%s", err, b)
+			e.t.Fatalf("rexec-svc exited: %v\n%s", err, b)
 		}
 		if ctx.Err() != nil {
-			e.t.Fatalf("worker never served its metrics:\n%s", b)
+			e.t.Fatalf("rexec-svc never served its metrics:\n%s", b)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -128,6 +136,8 @@ func (e *env) startWorker(args ...string) string {
 func TestMetrics(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOpts{workers: -1})
+	// The harness gives serve a -metrics-listen too: the same registry.
+	apiMetrics := e.metricsAddr(e.serveProc, e.svcLog)
 	is := func(want float64) func(float64) bool { return func(v float64) bool { return v == want } }
 	atLeast := func(want float64) func(float64) bool { return func(v float64) bool { return v >= want } }
 
@@ -222,6 +232,9 @@ func TestMetrics(t *testing.T) {
 	api = scrapeMetrics(t, e.addr)
 	if v := api.value(metrics.NameRuns, "state", "queued"); v != 0 {
 		t.Errorf("API after the run: %s{state=queued} = %v", metrics.NameRuns, v)
+	}
+	if v := scrapeMetrics(t, apiMetrics).value(metrics.NameSubmit); v != 3 {
+		t.Errorf("API's -metrics-listen: %s count = %v, want 3", metrics.NameSubmit, v)
 	}
 
 	// Every name of the catalogue is in both processes' scrapes, but for
