@@ -115,8 +115,9 @@ func (e *execution) close(jobCtx context.Context, r *consul.Run, res *consul.Res
 		cancel()
 		switch {
 		case err == nil:
-			e.w.cfg.Metrics.RunFinished(state)
-			e.log.InfoContext(jobCtx, "run finished", slog.String("state", state), slog.String("outcome", outcome))
+			// finishTx may have found the run completed after all.
+			e.w.cfg.Metrics.RunFinished(e.finalState)
+			e.log.InfoContext(jobCtx, "run finished", slog.String("state", e.finalState), slog.String("outcome", outcome))
 			return nil
 		case errors.Is(err, store.ErrLeaseLost):
 			if r != nil {
@@ -197,6 +198,7 @@ func (e *execution) finishTx(ctx context.Context, tx pgx.Tx, q *store.Queries, r
 	if err != nil {
 		return err
 	}
+	e.finalState = state
 	if !ok {
 		return store.ErrLeaseLost
 	}

@@ -161,6 +161,9 @@ type execution struct {
 	// stopLease stops renewing the lease (once the run's row is about to
 	// be locked for its end, renewals would only wait on that lock).
 	stopLease func()
+	// finalState is the state finishTx ended the run in: the one asked
+	// for, or completed for a lost session whose every node had exited.
+	finalState string
 }
 
 func (e *execution) carryOut(jobCtx context.Context) error {
