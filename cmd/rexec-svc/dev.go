@@ -86,6 +86,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	return serve(ctx, st, log, serveOptions{listener: l, workers: 4, workerID: "dev", policy: pol, auditSigner: signer, ready: func(addr string) {
 		fmt.Fprintf(stderr, "==> rexec is running: tenant dev, Consul nodes %v, database %s (the service connects as %s)\n",
 			cluster.Names(), pg.URL("postgres"), store.ServiceRoleDefault)
+		fmt.Fprintf(stderr, "==> Prometheus metrics at http://%s/metrics (docs/metrics.md)\n", addr)
 		fmt.Fprintln(stderr, "==> paste these lines, then try: rexec-cli exec uptime   (Ctrl-C stops everything)")
 		fmt.Fprintf(stdout, "export REXEC_ADDR=http://%s\nexport REXEC_TOKEN=%s\nexport CONSUL_HTTP_ADDR=%s\nexport REXEC_AUDIT_PUBKEY=%s\n",
 			addr, token, cluster.Agent("web-1").HTTPAddr(), vkey)

@@ -11,11 +11,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/rexec/rexec/internal/api"
 	"github.com/rexec/rexec/internal/auditlog"
+	"github.com/rexec/rexec/internal/consul"
 	"github.com/rexec/rexec/internal/jobs"
+	"github.com/rexec/rexec/internal/metrics"
 	"github.com/rexec/rexec/internal/policy"
 	"github.com/rexec/rexec/internal/service"
 	"github.com/rexec/rexec/internal/store"
@@ -30,6 +33,14 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, withAPI bool
 	dbURL, level := fs.databaseURL(), fs.logLevel()
 	var listen *string
 	var hf httpFlags
+	// Every process serves /metrics: a worker on this listener, the API on
+	// its own and, if asked, on this one too (an address that only the
+	// monitoring network reaches).
+	metricsDefault, metricsHelp := "127.0.0.1:9090", "listen address of /metrics, /healthz and /readyz (plain HTTP); empty: none"
+	if withAPI {
+		metricsDefault, metricsHelp = "", "a second listen address of /metrics, /healthz and /readyz (plain HTTP), besides -listen"
+	}
+	metricsListen := fs.String("metrics-listen", "REXEC_METRICS_LISTEN", metricsDefault, metricsHelp)
 	if withAPI {
 		listen = fs.String("listen", "REXEC_LISTEN", "127.0.0.1:8080", "HTTP listen address")
 		hf = addHTTPFlags(fs)
@@ -98,14 +109,24 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, withAPI bool
 		}
 		opts.listener = l
 	}
+	if *metricsListen != "" {
+		l, err := net.Listen("tcp", *metricsListen)
+		if err != nil {
+			return fmt.Errorf("metrics listen: %w", err)
+		}
+		opts.metricsListener = l
+	}
 	return serve(ctx, st, log, opts)
 }
 
 type serveOptions struct {
 	listener net.Listener // nil: no API
-	workers  int
-	workerID string
-	leaseTTL time.Duration
+	// metricsListener serves the metrics alone (nil: none; the API's
+	// listener serves them too).
+	metricsListener net.Listener
+	workers         int
+	workerID        string
+	leaseTTL        time.Duration
 	// sessionTTL and requeueAfter: zero for the defaults.
 	sessionTTL, requeueAfter time.Duration
 	// policy decides the API's actions (required with a listener).
@@ -126,6 +147,8 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 	var wg sync.WaitGroup
 	nctx, cancelNotifiers := context.WithCancel(context.WithoutCancel(ctx))
 	defer func() { cancelNotifiers(); wg.Wait() }()
+	reg, mtr := newMetrics(st, log)
+	ready := func(ctx context.Context) error { return store.CheckMigrated(ctx, st.Pool()) }
 	var cancels *store.Notifier
 	if o.workers > 0 {
 		// Workers hear of cancels at once, not at their next lease renewal.
@@ -146,7 +169,7 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 		log.WarnContext(ctx, "no -audit-key-file: this process signs no audit checkpoints; events wait for a process that does")
 	}
 	rc, err := jobs.NewClient(jobs.Config{Store: st, Workers: o.workers, WorkerID: o.workerID, LeaseTTL: o.leaseTTL,
-		SessionTTL: o.sessionTTL, RequeueAfter: o.requeueAfter, Cancels: cancels, Logger: log})
+		SessionTTL: o.sessionTTL, RequeueAfter: o.requeueAfter, Cancels: cancels, Logger: log, Metrics: mtr})
 	if err != nil {
 		return err
 	}
@@ -159,7 +182,8 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 	var srv *http.Server
 	var serveErr error
 	if o.listener != nil {
-		svc, err := service.New(service.Config{Store: st, River: rc, Logger: log, Policy: o.policy, AuditLog: alog})
+		svc, err := service.New(service.Config{Store: st, River: rc, Logger: log, Policy: o.policy, AuditLog: alog,
+			ConsulConfig: func(c *consul.Config) { c.Metrics = mtr }})
 		if err != nil {
 			return err
 		}
@@ -176,7 +200,7 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 		defer cancelBase()
 		o.http.server.Logger = log
 		srv = api.NewServer(o.http.server, api.Handler(api.Config{Service: svc, Notifier: notifier, Logger: log, Limits: o.http.limits,
-			Ready: func(ctx context.Context) error { return store.CheckMigrated(ctx, st.Pool()) }}))
+			Ready: ready, Registry: reg, Metrics: mtr}))
 		srv.BaseContext = func(net.Listener) context.Context { return baseCtx }
 		srv.RegisterOnShutdown(cancelBase)
 		// Read before serving: net/http fills TLSConfig in for HTTP/2 even
@@ -198,8 +222,28 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 			o.ready(o.listener.Addr().String())
 		}
 	}
+	var msrv *http.Server
+	if o.metricsListener != nil {
+		msrv = api.NewServer(api.ServerConfig{Logger: log}, metrics.Handler(reg, ready))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := msrv.Serve(o.metricsListener); !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics listener failed", slog.Any("error", err))
+			}
+		}()
+		log.InfoContext(ctx, "metrics listening", slog.String("addr", o.metricsListener.Addr().String()))
+	}
 	<-ctx.Done()
 	log.Info("shutting down")
+	if msrv != nil {
+		// Scrapes are quick: a short grace, then cut.
+		hctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := msrv.Shutdown(hctx); err != nil {
+			log.Warn("metrics shutdown", slog.Any("error", err))
+		}
+		cancel()
+	}
 	if srv != nil {
 		hctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		if err := srv.Shutdown(hctx); err != nil {
@@ -219,4 +263,16 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 	cancelNotifiers()
 	wg.Wait()
 	return serveErr
+}
+
+// newMetrics returns the process's registry and metrics, the database's
+// gauges read from st at every scrape.
+func newMetrics(st *store.Store, log *slog.Logger) (*prometheus.Registry, *metrics.Metrics) {
+	reg, m := metrics.NewRegistry()
+	m.SetLogger(log)
+	m.WatchDatabase(func(ctx context.Context) (metrics.DatabaseStats, error) {
+		s, err := st.Stats(ctx, jobs.QueueExec)
+		return metrics.DatabaseStats{Runs: s.Runs, QueueDepth: s.QueueDepth, QueueOldest: s.QueueOldest, AuditUnlogged: s.AuditUnlogged}, err
+	})
+	return reg, m
 }

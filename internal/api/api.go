@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/rexec/rexec/internal/consul"
+	"github.com/rexec/rexec/internal/metrics"
 	"github.com/rexec/rexec/internal/service"
 	"github.com/rexec/rexec/internal/store"
 )
@@ -45,6 +46,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Registry receives the API's metrics. Default: a new registry.
 	Registry *prometheus.Registry
+	// Metrics counts accepted submissions' latency and the runs the API
+	// ends (a queued run cancelled, a run denied). Default: none counted.
+	Metrics *metrics.Metrics
 	// Limits bound the requests in flight; see Limits for the defaults.
 	Limits Limits
 }
@@ -326,6 +330,7 @@ func decodeSubmission(body io.Reader) (service.Submission, error) {
 }
 
 func (s *server) submit(w http.ResponseWriter, r *http.Request, c service.Caller) error {
+	start := time.Now()
 	sub, err := decodeSubmission(r.Body)
 	if err != nil {
 		return err
@@ -333,6 +338,9 @@ func (s *server) submit(w http.ResponseWriter, r *http.Request, c service.Caller
 	res, err := s.cfg.Service.Submit(r.Context(), c, sub)
 	if err != nil {
 		return err
+	}
+	if !res.DryRun {
+		s.cfg.Metrics.SubmitAccepted(time.Since(start))
 	}
 	out := runJSON(res.Run)
 	out.Targets = res.Targets
@@ -511,6 +519,9 @@ func (s *server) verdict(approve bool) handlerFunc {
 		if err != nil {
 			return err
 		}
+		if run.State == store.StateDenied {
+			s.cfg.Metrics.RunFinished(run.State) // only a pending run takes a verdict: this one ended it
+		}
 		out := runJSON(run)
 		out.Approvals = approvalsJSON(approvals)
 		writeJSON(w, http.StatusOK, out)
@@ -531,6 +542,11 @@ func (s *server) cancel(w http.ResponseWriter, r *http.Request, c service.Caller
 	run, err := s.cfg.Service.Cancel(r.Context(), c, r.PathValue("id"))
 	if err != nil {
 		return err
+	}
+	if run.State == store.StateCancelled {
+		// A run that had not started ended with this cancel (a cancel of a
+		// run already ended is refused); a running one ends by its worker.
+		s.cfg.Metrics.RunFinished(run.State)
 	}
 	writeJSON(w, 202, runJSON(run))
 	return nil

@@ -24,6 +24,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-cleanhttp"
+
+	"github.com/rexec/rexec/internal/metrics"
 )
 
 // Defaults, as `consul exec` has them.
@@ -93,6 +95,9 @@ type Config struct {
 	RoundInterval time.Duration
 	// Logger receives debug and warning messages. Default: discard.
 	Logger *slog.Logger
+	// Metrics counts the requests to the agent and the bytes of its
+	// answers, by endpoint and result. Default: none counted.
+	Metrics *metrics.Metrics
 }
 
 // WithDefaults returns a copy of c with every zero field set to its default.
@@ -167,12 +172,18 @@ func New(cfg Config) (*Client, error) {
 		}
 	}
 	if cfg.HTTPClient != nil {
-		ac.HttpClient = cfg.HTTPClient
+		// A copy: the metrics' transport goes on this client's copy, not
+		// on one the caller may share between clients.
+		hc := *cfg.HTTPClient
+		ac.HttpClient = &hc
 	}
 	client, err := api.NewClient(ac)
 	if err != nil {
 		return nil, fmt.Errorf("consul client: %w", err)
 	}
+	// Wrapped once api.NewClient has set TLS up on the transport it made
+	// (it needs an *http.Transport); the api client keeps this pointer.
+	ac.HttpClient.Transport = cfg.Metrics.ConsulTransport(ac.HttpClient.Transport)
 	// api.NewClient completed ac: its HTTP client, scheme, address and
 	// path prefix are the ones every consul/api request uses.
 	base := url.URL{Scheme: ac.Scheme, Host: ac.Address, Path: ac.PathPrefix}

@@ -232,8 +232,10 @@ func (e *env) startProcEnv(env []string, args ...string) (*childproc.Process, st
 	e.t.Helper()
 	logPath := filepath.Join(e.t.TempDir(), "svc.log")
 	p, err := childproc.Start(bins.svc, args, childproc.Options{
+		// Metrics on a port of their own: a worker's default port would
+		// be taken by the test's other workers.
 		Env: append([]string{"REXEC_DATABASE_URL=" + e.dbURL(args[0]), "REXEC_LOG_LEVEL=debug",
-			"REXEC_AUDIT_KEY_FILE=" + auditKey.file, "REXEC_AUDIT_INTERVAL=200ms"}, env...),
+			"REXEC_AUDIT_KEY_FILE=" + auditKey.file, "REXEC_AUDIT_INTERVAL=200ms", "REXEC_METRICS_LISTEN=127.0.0.1:0"}, env...),
 		LogPath: logPath,
 	})
 	if err != nil {

@@ -21,7 +21,9 @@ import (
 // reads nothing more and leaves the agents' reports in Consul.
 func (e *execution) handle(ctx context.Context, events []consul.Event) error {
 	run := e.run
+	var archived int64 // output bytes this round stored, counted once it commits
 	err := e.w.cfg.Store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
+		archived = 0
 		if err := q.HoldLease(ctx, run.ID, e.owner); err != nil {
 			return err
 		}
@@ -40,9 +42,11 @@ func (e *execution) handle(ctx context.Context, events []consul.Event) error {
 					evs = append(evs, e.nodeEvent(audit.NodeAcked, ev.Node, map[string]any{"acked_at": ev.At}))
 				}
 			case consul.EventOutput:
-				if _, err := q.AppendChunk(ctx, run.ID, ev.Node, ev.Seq, ev.Data, run.OutputCap); err != nil {
+				n, err := q.AppendChunk(ctx, run.ID, ev.Node, ev.Seq, ev.Data, run.OutputCap)
+				if err != nil {
 					return err
 				}
+				archived += int64(n)
 			case consul.EventExit:
 				out, ok, err := q.RecordExit(ctx, run.ID, ev.Node, ev.ExitCode, ev.At)
 				if err != nil {
@@ -67,6 +71,7 @@ func (e *execution) handle(ctx context.Context, events []consul.Event) error {
 		return err
 	}
 	e.unrecordedFire = nil // recorded, if it was not before
+	e.w.cfg.Metrics.OutputArchived(archived)
 	last := false
 	for _, ev := range events {
 		if ev.Kind == consul.EventExit && !e.exited[ev.Node] {
@@ -110,7 +115,9 @@ func (e *execution) close(jobCtx context.Context, r *consul.Run, res *consul.Res
 		cancel()
 		switch {
 		case err == nil:
-			e.log.InfoContext(jobCtx, "run finished", slog.String("state", state), slog.String("outcome", outcome))
+			// finishTx may have found the run completed after all.
+			e.w.cfg.Metrics.RunFinished(e.finalState)
+			e.log.InfoContext(jobCtx, "run finished", slog.String("state", e.finalState), slog.String("outcome", outcome))
 			return nil
 		case errors.Is(err, store.ErrLeaseLost):
 			if r != nil {
@@ -191,6 +198,7 @@ func (e *execution) finishTx(ctx context.Context, tx pgx.Tx, q *store.Queries, r
 	if err != nil {
 		return err
 	}
+	e.finalState = state
 	if !ok {
 		return store.ErrLeaseLost
 	}

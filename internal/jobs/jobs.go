@@ -43,6 +43,7 @@ import (
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/rexec/rexec/internal/consul"
+	"github.com/rexec/rexec/internal/metrics"
 	"github.com/rexec/rexec/internal/store"
 	"github.com/rexec/rexec/internal/tenantconsul"
 	"github.com/rexec/rexec/internal/webhook"
@@ -132,6 +133,9 @@ type Config struct {
 	ConsulConfig func(*consul.Config)
 	// Logger. Default: discard.
 	Logger *slog.Logger
+	// Metrics counts what the workers and the recovery sweep do, and the
+	// workers' requests to Consul. Default: nothing counted.
+	Metrics *metrics.Metrics
 }
 
 func (c Config) withDefaults() Config {
@@ -190,6 +194,7 @@ func NewClient(cfg Config) (*river.Client[pgx.Tx], error) {
 			Logger: cfg.Logger}); err != nil {
 			return nil, err
 		}
+		cfg.Metrics.SetWorkerSlots(cfg.Workers)
 		rc.Workers = workers
 		rc.Queues = map[string]river.QueueConfig{
 			QueueExec:          {MaxWorkers: cfg.Workers},

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/rexec/rexec/internal/consul"
+	"github.com/rexec/rexec/internal/metrics"
 	"github.com/rexec/rexec/internal/store"
 )
 
@@ -43,10 +44,12 @@ func (e *execution) keepLease(ctx context.Context, cancel context.CancelCauseFun
 		case ctx.Err() != nil:
 			return
 		case errors.Is(err, store.ErrLeaseLost):
+			cfg.Metrics.LeaseRenewalFailed(metrics.LeaseLost)
 			e.log.WarnContext(ctx, "lease on run lost; leaving it to its new worker")
 			cancel(consul.ErrDetach)
 			return
 		case err != nil:
+			cfg.Metrics.LeaseRenewalFailed(metrics.LeaseError)
 			if failingSince.IsZero() {
 				failingSince = time.Now()
 				e.log.WarnContext(ctx, "renew lease; keeping the run and retrying", slog.Any("error", err))

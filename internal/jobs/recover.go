@@ -12,6 +12,7 @@ import (
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/rexec/rexec/internal/audit"
+	"github.com/rexec/rexec/internal/metrics"
 	"github.com/rexec/rexec/internal/store"
 	"github.com/rexec/rexec/internal/webhook"
 )
@@ -28,20 +29,25 @@ type RecoverWorker struct {
 // Work does one sweep, in one transaction.
 func (w *RecoverWorker) Work(ctx context.Context, job *river.Job[RecoverArgs]) error {
 	client := river.ClientFromContext[pgx.Tx](ctx)
-	return w.cfg.Store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
-		if err := w.failLate(ctx, tx, q); err != nil {
+	// What the sweep did, by recovery kind: counted once it commits.
+	var done map[string]int
+	err := w.cfg.Store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
+		done = map[string]int{}
+		var err error
+		if done[metrics.RecoveryLateFailed], err = w.failLate(ctx, tx, q); err != nil {
 			return err
 		}
-		if err := w.expireApprovals(ctx, tx, q); err != nil {
+		if done[metrics.RecoveryApprovalExpired], err = w.expireApprovals(ctx, tx, q); err != nil {
 			return err
 		}
-		if err := w.requeueOrphans(ctx, tx, q, client); err != nil {
+		if done[metrics.RecoveryOrphanRequeued], err = w.requeueOrphans(ctx, tx, q, client); err != nil {
 			return err
 		}
 		recs, err := q.TakeExpiredLeases(ctx, recoveryLeaseHoldFactor*w.cfg.LeaseTTL)
 		if err != nil {
 			return err
 		}
+		done[metrics.RecoveryLeaseExpired] = len(recs)
 		for _, r := range recs {
 			w.cfg.Logger.InfoContext(ctx, "recovering run", slog.String("run", r.RunID), slog.Int("recoveries", r.Recoveries))
 			opts := &river.InsertOpts{Priority: priorityRecovery}
@@ -51,24 +57,37 @@ func (w *RecoverWorker) Work(ctx context.Context, job *river.Job[RecoverArgs]) e
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	for kind, n := range done {
+		w.cfg.Metrics.Recovered(kind, n)
+	}
+	for range done[metrics.RecoveryLateFailed] {
+		w.cfg.Metrics.RunFinished(store.StateFailed)
+	}
+	for range done[metrics.RecoveryApprovalExpired] {
+		w.cfg.Metrics.RunFinished(store.StateExpired)
+	}
+	return nil
 }
 
 // expireApprovals ends runs whose approval window passed: nobody has to
-// poll for them.
-func (w *RecoverWorker) expireApprovals(ctx context.Context, tx pgx.Tx, q *store.Queries) error {
+// poll for them. It returns how many it ended.
+func (w *RecoverWorker) expireApprovals(ctx context.Context, tx pgx.Tx, q *store.Queries) (int, error) {
 	expired, err := q.ExpirePending(ctx)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	for _, r := range expired {
 		w.cfg.Logger.InfoContext(ctx, "run expired waiting for approval", slog.String("run", r.RunID))
 		run, err := q.GetRunByID(ctx, r.RunID)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		approvals, err := q.Approvals(ctx, r.RunID)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		ev := audit.Event{TenantID: r.TenantID, RunID: r.RunID, Actor: recoveryActor}
 		expiredEv := ev
@@ -76,27 +95,27 @@ func (w *RecoverWorker) expireApprovals(ctx context.Context, tx pgx.Tx, q *store
 			"required": run.Policy.Approvals, "approver_roles": run.Policy.ApproverRoles,
 			"nodes": store.NodeCounts{Targets: len(r.Nodes), Cancelled: len(r.Nodes)}}
 		if err := audit.Record(ctx, tx, append(CancelledNodes(ev, r.Nodes), expiredEv)...); err != nil {
-			return err
+			return 0, err
 		}
 		t, err := q.TenantByID(ctx, r.TenantID)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if err := NotifyApprovers(ctx, river.ClientFromContext[pgx.Tx](ctx), tx, t, run, webhook.EventExpired, "", "", 0); err != nil {
-			return err
+			return 0, err
 		}
 		if err := q.NotifyRun(ctx, r.RunID); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	return nil
+	return len(expired), nil
 }
 
-// failLate fails queued runs past their start bound.
-func (w *RecoverWorker) failLate(ctx context.Context, tx pgx.Tx, q *store.Queries) error {
+// failLate fails queued runs past their start bound; it returns how many.
+func (w *RecoverWorker) failLate(ctx context.Context, tx pgx.Tx, q *store.Queries) (int, error) {
 	late, err := q.FailLateRuns(ctx)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	for _, r := range late {
 		w.cfg.Logger.WarnContext(ctx, "run could not start in time", slog.String("run", r.RunID))
@@ -105,13 +124,13 @@ func (w *RecoverWorker) failLate(ctx context.Context, tx pgx.Tx, q *store.Querie
 		finished.Type, finished.Data = audit.RunFinished, map[string]any{"state": store.StateFailed, "outcome": store.OutcomeNotStarted,
 			"error": r.Error, "nodes": store.NodeCounts{Targets: len(r.Nodes), Cancelled: len(r.Nodes)}}
 		if err := audit.Record(ctx, tx, append(CancelledNodes(ev, r.Nodes), finished)...); err != nil {
-			return err
+			return 0, err
 		}
 		if err := q.NotifyRun(ctx, r.RunID); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	return nil
+	return len(late), nil
 }
 
 // requeueOrphans inserts a job for each run queued for longer than
@@ -119,18 +138,20 @@ func (w *RecoverWorker) failLate(ctx context.Context, tx pgx.Tx, q *store.Querie
 // deleted, or its worker died between River's fetch and the claim (a job
 // River still counts as running, but for longer than a claim takes).
 // A second job for a run is harmless: the claim lets one of them through.
-func (w *RecoverWorker) requeueOrphans(ctx context.Context, tx pgx.Tx, q *store.Queries, client *river.Client[pgx.Tx]) error {
+// It returns how many runs it re-queued.
+func (w *RecoverWorker) requeueOrphans(ctx context.Context, tx pgx.Tx, q *store.Queries, client *river.Client[pgx.Tx]) (int, error) {
 	ids, err := q.StaleQueuedRuns(ctx, w.cfg.RequeueAfter)
 	if err != nil || len(ids) == 0 {
-		return err
+		return 0, err
 	}
+	requeued := 0
 	params := river.NewJobListParams().Kinds(ExecArgs{}.Kind()).First(requeueListLimit).
 		States(rivertype.JobStateAvailable, rivertype.JobStatePending, rivertype.JobStateRetryable,
 			rivertype.JobStateScheduled, rivertype.JobStateRunning).
 		Where("args->>'run_id' = any(@run_ids)", river.NamedArgs{"run_ids": ids})
 	res, err := client.JobListTx(ctx, tx, params)
 	if err != nil {
-		return fmt.Errorf("list jobs of queued runs: %w", err)
+		return 0, fmt.Errorf("list jobs of queued runs: %w", err)
 	}
 	live := map[string]bool{}
 	for _, j := range res.Jobs {
@@ -148,17 +169,18 @@ func (w *RecoverWorker) requeueOrphans(ctx context.Context, tx pgx.Tx, q *store.
 		}
 		run, err := q.GetRunByID(ctx, id)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		w.cfg.Logger.WarnContext(ctx, "queued run has no job; re-queueing it", slog.String("run", id))
 		if _, err := client.InsertTx(ctx, tx, ExecArgs{RunID: id}, &river.InsertOpts{Priority: priorityRecovery}); err != nil {
-			return fmt.Errorf("insert job for queued run: %w", err)
+			return 0, fmt.Errorf("insert job for queued run: %w", err)
 		}
 		err = audit.Record(ctx, tx, audit.Event{TenantID: run.TenantID, RunID: id, Actor: recoveryActor, Type: audit.RunRequeued,
 			Data: map[string]any{"reason": "its job was gone"}})
 		if err != nil {
-			return err
+			return 0, err
 		}
+		requeued++
 	}
-	return nil
+	return requeued, nil
 }

@@ -13,10 +13,12 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/jackc/pgx/v5"
 	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
 
 	"github.com/rexec/rexec/internal/audit"
 	"github.com/rexec/rexec/internal/consul"
 	"github.com/rexec/rexec/internal/failpoint"
+	"github.com/rexec/rexec/internal/metrics"
 	"github.com/rexec/rexec/internal/store"
 	"github.com/rexec/rexec/internal/tenantconsul"
 )
@@ -79,6 +81,8 @@ func (w *ExecWorker) Work(ctx context.Context, job *river.Job[ExecArgs]) error {
 		log.DebugContext(ctx, "run held by another worker or not runnable")
 		return nil
 	}
+	w.cfg.Metrics.PickedUp(waited(job.JobRow))
+	defer w.cfg.Metrics.RunStarted()()
 	failpoint.Inject(failpoint.Claimed)
 	// The claim moved the run to running and counted a recovery: read it again.
 	if run, err = st.GetRunByID(ctx, run.ID); err != nil {
@@ -106,6 +110,17 @@ func (w *ExecWorker) Work(ctx context.Context, job *river.Job[ExecArgs]) error {
 		return e.close(ctx, nil, nil, store.StateFailed, "", fmt.Sprintf("gave up after %d recoveries", MaxRecoveries))
 	}
 	return e.carryOut(ctx)
+}
+
+// waited is how long a job was ready before a worker took it: from its
+// scheduled_at (its insert, or the end of a retry's backoff) to its
+// attempted_at, both set by the database's clock, so a worker's clock does
+// not skew it.
+func waited(j *rivertype.JobRow) time.Duration {
+	if j.AttemptedAt == nil {
+		return 0
+	}
+	return j.AttemptedAt.Sub(j.ScheduledAt)
 }
 
 // checkApprovals says why a run that needed approval may not start: its
@@ -146,6 +161,9 @@ type execution struct {
 	// stopLease stops renewing the lease (once the run's row is about to
 	// be locked for its end, renewals would only wait on that lock).
 	stopLease func()
+	// finalState is the state finishTx ended the run in: the one asked
+	// for, or completed for a lost session whose every node had exited.
+	finalState string
 }
 
 func (e *execution) carryOut(jobCtx context.Context) error {
@@ -243,6 +261,7 @@ func (e *execution) carryOut(jobCtx context.Context) error {
 		if err != nil {
 			return e.leave(jobCtx, err)
 		}
+		e.w.cfg.Metrics.Recovered(metrics.RecoveryReattached, 1)
 	}
 
 	res, err := r.Watch(ectx, e.handle)
@@ -263,6 +282,7 @@ func (e *execution) client() (*consul.Client, error) {
 	return e.w.clients.Get(e.tenant, func(c *consul.Config) {
 		c.SessionTTL = e.w.cfg.SessionTTL
 		c.Logger = e.w.cfg.Logger
+		c.Metrics = e.w.cfg.Metrics
 	})
 }
 

@@ -224,35 +224,37 @@ const (
 
 // AppendChunk stores a chunk once, keyed by (run, node, seq), keeping at
 // most outputCap bytes of the node's output and counting every byte and the
-// sha256 of the whole stream. A chunk already stored is a no-op (false).
-// Chunks of one node must come in sequence order, as the engine hands them.
-func (q *Queries) AppendChunk(ctx context.Context, runID, node string, seq int, data []byte, outputCap int64) (bool, error) {
+// sha256 of the whole stream. It returns how many of the chunk's bytes it
+// stored (fewer than the chunk's past the cap); a chunk already stored is a
+// no-op (0). Chunks of one node must come in sequence order, as the engine
+// hands them.
+func (q *Queries) AppendChunk(ctx context.Context, runID, node string, seq int, data []byte, outputCap int64) (int, error) {
 	var total, stored int64
 	var state []byte
 	if err := q.db.QueryRow(ctx, queryLockNode, runID, node).Scan(&total, &stored, &state); err != nil {
-		return false, fmt.Errorf("append chunk: %w", notFound(err))
+		return 0, fmt.Errorf("append chunk: %w", notFound(err))
 	}
 	keep := data[:min(int64(len(data)), max(0, outputCap-stored))]
 	tag, err := q.db.Exec(ctx, queryInsertChunk, runID, node, seq, keep)
 	if err != nil {
-		return false, fmt.Errorf("append chunk: %w", err)
+		return 0, fmt.Errorf("append chunk: %w", err)
 	}
 	if tag.RowsAffected() == 0 {
-		return false, nil
+		return 0, nil
 	}
 	h, err := resumeHash(state)
 	if err != nil {
-		return false, err
+		return 0, err
 	}
 	h.Write(data)
 	state, err = h.(encoding.BinaryMarshaler).MarshalBinary()
 	if err != nil {
-		return false, fmt.Errorf("append chunk: %w", err)
+		return 0, fmt.Errorf("append chunk: %w", err)
 	}
 	if _, err := q.db.Exec(ctx, queryNodeBytes, runID, node, len(data), len(keep), len(keep) < len(data), state); err != nil {
-		return false, fmt.Errorf("append chunk: %w", err)
+		return 0, fmt.Errorf("append chunk: %w", err)
 	}
-	return true, nil
+	return len(keep), nil
 }
 
 func resumeHash(state []byte) (interface{ Write([]byte) (int, error) }, error) {
