@@ -372,6 +372,13 @@ func (a *Agent) IP() string { return a.ip }
 // HTTPAddr is the agent's HTTP API address.
 func (a *Agent) HTTPAddr() string { return a.ip + ":8500" }
 
+// SerfLANAddr is the agent's LAN gossip address (host:port), which a
+// gossip member outside Consul joins to receive user events.
+func (a *Agent) SerfLANAddr() string { return a.ip + ":8301" }
+
+// LogPath is the agent's log file.
+func (a *Agent) LogPath() string { return filepath.Join(a.dir, "agent.log") }
+
 // Dir is the agent's data directory.
 func (a *Agent) Dir() string { return a.dir }
 
@@ -446,7 +453,7 @@ func (a *Agent) start() error {
 		return fmt.Errorf("localconsul: %w", err)
 	}
 	p, err := childproc.Start(a.cluster.cfg.Binary, []string{"agent", "-config-file", cfgPath},
-		childproc.Options{Dir: a.dir, LogPath: filepath.Join(a.dir, "agent.log")})
+		childproc.Options{Dir: a.dir, LogPath: a.LogPath()})
 	if err != nil {
 		return fmt.Errorf("localconsul: agent %s: %w", a.cfg.Name, err)
 	}
@@ -506,7 +513,7 @@ func (a *Agent) Restart(ctx context.Context) error {
 }
 
 func (a *Agent) logTail() string {
-	b, _ := os.ReadFile(filepath.Join(a.dir, "agent.log"))
+	b, _ := os.ReadFile(a.LogPath())
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	return strings.Join(lines[max(0, len(lines)-20):], "\n")
 }
