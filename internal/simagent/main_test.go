@@ -13,6 +13,7 @@ import (
 	"github.com/rexec/rexec/internal/consul"
 	"github.com/rexec/rexec/internal/localconsul"
 	"github.com/rexec/rexec/internal/simagent"
+	"github.com/rexec/rexec/internal/store"
 	"github.com/rexec/rexec/internal/testenv"
 )
 
@@ -28,9 +29,11 @@ var realAgents = func() []localconsul.AgentConfig {
 }()
 
 // TestMain starts three servers, so that agents' stale reads can go to a
-// follower that lags the leader, and four client agents.
+// follower that lags the leader, four client agents, and a Postgres for
+// the archive benchmark.
 func TestMain(m *testing.M) {
-	testenv.Main(m, testenv.Options{Consul: &localconsul.Config{Servers: 3, Clients: realAgents}})
+	testenv.Main(m, testenv.Options{Consul: &localconsul.Config{Servers: 3, Clients: realAgents},
+		Postgres: true, Migrate: store.MigrateAndGrant})
 }
 
 // counter counts the HTTP requests and response bytes of a client.
@@ -76,7 +79,7 @@ func (b *countingBody) Close() error { return b.rc.Close() }
 func engine(t testing.TB, cnt *counter) *consul.Client {
 	t.Helper()
 	c, err := consul.New(consul.Config{Address: testenv.Cluster(t).Clients()[0].HTTPAddr(),
-		HTTPClient: &http.Client{Transport: cnt}, Logger: testenv.Logger(t)})
+		HTTPClient: &http.Client{Transport: cnt}})
 	if err != nil {
 		t.Fatal(err)
 	}
