@@ -82,6 +82,11 @@ type Config struct {
 	// ACL, when set, turns ACLs on for every agent (see ACLConfig).
 	// Default: ACLs off.
 	ACL *ACLConfig
+	// GossipInterval is every agent's gossip_lan.gossip_interval: how
+	// often an agent passes queued broadcasts, user events among them, to
+	// its peers, which bounds how soon agents hear of a run. Default:
+	// Consul's (200ms).
+	GossipInterval time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -404,7 +409,11 @@ func (a *Agent) configHCL() string {
 	// Gossiping to more peers, more often, makes a loss rare enough that
 	// tests and dev mode see rexec's behaviour, not gossip's luck; rexec
 	// reports a lost delivery as no_ack either way.
-	b.WriteString("gossip_lan { gossip_nodes = 6\n retransmit_mult = 8 }\n")
+	b.WriteString("gossip_lan { gossip_nodes = 6\n retransmit_mult = 8\n")
+	if d := a.cluster.cfg.GossipInterval; d > 0 {
+		fmt.Fprintf(&b, " gossip_interval = %q\n", d.String())
+	}
+	b.WriteString("}\n")
 	fmt.Fprintf(&b, "disable_remote_exec = %t\n", a.cfg.DisableRemoteExec)
 	var join []string
 	for _, s := range a.cluster.servers {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -31,8 +32,20 @@ var realAgents = func() []localconsul.AgentConfig {
 // TestMain starts three servers, so that agents' stale reads can go to a
 // follower that lags the leader, four client agents, and a Postgres for
 // the archive benchmark.
+//
+// REXEC_BENCH_GOSSIP_INTERVAL sets the agents' gossip interval (Consul's
+// default, 200ms, otherwise), to see how much of a run's latency is the
+// gossip of its event.
 func TestMain(m *testing.M) {
-	testenv.Main(m, testenv.Options{Consul: &localconsul.Config{Servers: 3, Clients: realAgents},
+	var gossip time.Duration
+	if v := os.Getenv("REXEC_BENCH_GOSSIP_INTERVAL"); v != "" {
+		var err error
+		if gossip, err = time.ParseDuration(v); err != nil {
+			fmt.Fprintln(os.Stderr, "REXEC_BENCH_GOSSIP_INTERVAL:", err)
+			os.Exit(1)
+		}
+	}
+	testenv.Main(m, testenv.Options{Consul: &localconsul.Config{Servers: 3, Clients: realAgents, GossipInterval: gossip},
 		Postgres: true, Migrate: store.MigrateAndGrant})
 }
 
