@@ -127,7 +127,7 @@ func BenchmarkEngineScale(b *testing.B) {
 	nodes := envInt(b, "REXEC_BENCH_NODES", 100)
 	outSize := envInt(b, "REXEC_BENCH_OUTPUT", 64)
 	prefix := fmt.Sprintf("scale%d", nodes)
-	startSim(b, ctx, simagent.Config{
+	sim := startSim(b, ctx, simagent.Config{
 		Nodes: virtualNodes(prefix, nodes),
 		Command: func(node string, job simagent.Job) simagent.Reply {
 			out := bytes.Repeat([]byte(node+"\n"), outSize/(len(node)+1)+1)[:outSize]
@@ -153,7 +153,8 @@ func BenchmarkEngineScale(b *testing.B) {
 	c := engine(b, cnt)
 	spec := consul.Spec{Argv: []string{"uptime"}, NodeFilter: "^" + prefix + "-", Prefix: testenv.Prefix(b)}
 	var resolveReq, req, readBytes, chunks, stored, events int64
-	var resolveT, toFire, toAcks, toClassified, teardown, busy time.Duration
+	sim0 := sim.Stats()
+	var resolveT, fireAll, gossipSpan, toFire, toAcks, toClassified, teardown, busy time.Duration
 	for b.Loop() {
 		n0 := cnt.requests.Load()
 		start := time.Now()
@@ -175,8 +176,20 @@ func BenchmarkEngineScale(b *testing.B) {
 		arc := &archive{st: st, run: run}
 		n0, bytes0 := cnt.requests.Load(), cnt.bytes.Load()
 		start = time.Now()
-		res, err := c.Run(ctx, spec, targets, arc.handle)
+		// Client.Run, step by step, to time the firing of every event.
+		r, err := c.Prepare(ctx, spec, targets)
 		if err != nil {
+			b.Fatal(err)
+		}
+		if err := r.Fire(ctx, nil); err != nil {
+			b.Fatal(err)
+		}
+		fireAll += time.Since(start)
+		res, err := r.Watch(ctx, arc.handle)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := r.Close(ctx); err != nil {
 			b.Fatal(err)
 		}
 		end := time.Now()
@@ -190,6 +203,8 @@ func BenchmarkEngineScale(b *testing.B) {
 			lastAck = later(lastAck, n.AckedAt)
 		}
 		toFire += res.FiredAt.Sub(start)
+		// The gossip of every event, to the simulator's member.
+		gossipSpan += sim.Stats().LastEventAt.Sub(res.FiredAt)
 		toAcks += lastAck.Sub(res.FiredAt)
 		toClassified += res.FinishedAt.Sub(res.FiredAt)
 		teardown += end.Sub(res.FinishedAt)
@@ -206,6 +221,8 @@ func BenchmarkEngineScale(b *testing.B) {
 	b.ReportMetric(ms(resolveT), "resolve-ms")
 	b.ReportMetric(float64(resolveReq)/runs, "resolve-req")
 	b.ReportMetric(ms(toFire), "to-fire-ms")
+	b.ReportMetric(ms(fireAll), "all-events-fired-ms")
+	b.ReportMetric(ms(gossipSpan), "fire-to-last-event-gossiped-ms")
 	b.ReportMetric(ms(toAcks), "fire-to-acks-ms")
 	b.ReportMetric(ms(toClassified), "fire-to-classified-ms")
 	b.ReportMetric(ms(teardown), "teardown-ms")
@@ -215,6 +232,9 @@ func BenchmarkEngineScale(b *testing.B) {
 	b.ReportMetric(float64(stored)/toClassified.Seconds(), "archived-B/s")
 	b.ReportMetric(ms(busy), "archive-busy-ms")
 	b.ReportMetric(float64(vmHWM(b))/(1<<20), "peak-RSS-MiB")
+	sim1 := sim.Stats()
+	b.ReportMetric(float64(sim1.Requests-sim0.Requests)/runs, "sim-req/run")
+	b.ReportMetric(float64(sim1.StaleMisses-sim0.StaleMisses)/runs, "sim-stale-misses/run")
 }
 
 func nodeNames(nodes []consul.Node) []string {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/go-msgpack/v2/codec"
 	"github.com/hashicorp/memberlist"
@@ -95,6 +96,7 @@ func (s *Simulator) handleEvent(raw []byte) error {
 		return fmt.Errorf("decode remote exec payload: %w", err)
 	}
 	s.stats.events.Add(1)
+	s.stats.lastEvent.Store(time.Now().UnixNano())
 	match, err := newFilter(ue)
 	if err != nil {
 		return err // an agent logs it and ignores the event

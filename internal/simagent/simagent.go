@@ -162,6 +162,8 @@ type Stats struct {
 	WriteFailed  int64 // nodes that stopped because a write failed
 	Requests     int64 // HTTP requests to Consul
 	Transactions int64
+	// LastEventAt is when the latest _rexec event arrived by gossip.
+	LastEventAt time.Time
 }
 
 // Simulator is a running set of virtual agents. Start creates it; Close
@@ -181,6 +183,7 @@ type Simulator struct {
 	stats struct {
 		events, matched, specReads, staleMisses, specMissing, acks, chunks,
 		exits, writeFailed, requests, txns atomic.Int64
+		lastEvent atomic.Int64 // unix nanoseconds
 	}
 	closeOnce sync.Once
 }
@@ -246,6 +249,7 @@ func (s *Simulator) Stats() Stats {
 		StaleMisses: st.staleMisses.Load(), SpecMissing: st.specMissing.Load(), Acks: st.acks.Load(),
 		Chunks: st.chunks.Load(), Exits: st.exits.Load(), WriteFailed: st.writeFailed.Load(),
 		Requests: st.requests.Load(), Transactions: st.txns.Load(),
+		LastEventAt: time.Unix(0, st.lastEvent.Load()),
 	}
 }
 
