@@ -120,12 +120,16 @@ func vmHWM(tb testing.TB) int64 {
 // fired to every node classified, the Consul requests and bytes the
 // engine read (target resolution apart), the archive's throughput, and the
 // process's peak RSS (simulator included: it shares the process).
+// REXEC_BENCH_ARCHIVE=0 leaves Postgres out.
 //
 //	REXEC_BENCH_NODES=5000 go test ./internal/simagent -run '^$' -bench EngineScale -benchtime 1x -timeout 30m
 func BenchmarkEngineScale(b *testing.B) {
 	ctx := b.Context()
 	nodes := envInt(b, "REXEC_BENCH_NODES", 100)
 	outSize := envInt(b, "REXEC_BENCH_OUTPUT", 64)
+	// REXEC_BENCH_ARCHIVE=0 discards the reports instead of archiving
+	// them: the engine and Consul alone.
+	archived := os.Getenv("REXEC_BENCH_ARCHIVE") != "0"
 	prefix := fmt.Sprintf("scale%d", nodes)
 	sim := startSim(b, ctx, simagent.Config{
 		Nodes: virtualNodes(prefix, nodes),
@@ -185,7 +189,11 @@ func BenchmarkEngineScale(b *testing.B) {
 			b.Fatal(err)
 		}
 		fireAll += time.Since(start)
-		res, err := r.Watch(ctx, arc.handle)
+		handle := arc.handle
+		if !archived {
+			handle = func(context.Context, []consul.Event) error { return nil }
+		}
+		res, err := r.Watch(ctx, handle)
 		if err != nil {
 			b.Fatal(err)
 		}
