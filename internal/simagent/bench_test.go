@@ -120,9 +120,10 @@ func vmHWM(tb testing.TB) int64 {
 // fired to every node classified, the Consul requests and bytes the
 // engine read (target resolution apart), the archive's throughput, and the
 // process's peak RSS (simulator included: it shares the process).
-// REXEC_BENCH_ARCHIVE=0 leaves Postgres out.
+// REXEC_BENCH_ARCHIVE=0 leaves Postgres out; REXEC_BENCH_WAIT_S sets the
+// run's wait in seconds (default 2).
 //
-//	REXEC_BENCH_NODES=5000 go test ./internal/simagent -run '^$' -bench EngineScale -benchtime 1x -timeout 30m
+//	REXEC_BENCH_NODES=5000 REXEC_BENCH_WAIT_S=30 go test ./internal/simagent -run '^$' -bench EngineScale -benchtime 1x -timeout 30m
 func BenchmarkEngineScale(b *testing.B) {
 	ctx := b.Context()
 	nodes := envInt(b, "REXEC_BENCH_NODES", 100)
@@ -155,7 +156,13 @@ func BenchmarkEngineScale(b *testing.B) {
 
 	cnt := newCounter()
 	c := engine(b, cnt)
-	spec := consul.Spec{Argv: []string{"uptime"}, NodeFilter: "^" + prefix + "-", Prefix: testenv.Prefix(b)}
+	// REXEC_BENCH_WAIT_S sets the run's wait (the quiet period). With
+	// thousands of nodes the default 2s can end a run before its last
+	// events have gossiped: a run's events leave the gossip layer at some
+	// tens per second, and a gap of 2s without reports makes the nodes
+	// not yet told no_ack.
+	wait := time.Duration(envInt(b, "REXEC_BENCH_WAIT_S", 2)) * time.Second
+	spec := consul.Spec{Argv: []string{"uptime"}, NodeFilter: "^" + prefix + "-", Prefix: testenv.Prefix(b), Wait: wait}
 	var resolveReq, req, readBytes, chunks, stored, events int64
 	sim0 := sim.Stats()
 	var resolveT, fireAll, gossipSpan, toFire, toAcks, toClassified, teardown, busy time.Duration
@@ -172,7 +179,7 @@ func BenchmarkEngineScale(b *testing.B) {
 			b.Fatalf("resolved %d targets, want %d", len(targets), nodes)
 		}
 		run, err := st.InsertRun(ctx, store.Run{TenantID: tenant.ID, SubmittedBy: principal.ID, State: store.StateQueued,
-			Argv: spec.Argv, Shell: true, NodeFilter: spec.NodeFilter, Prefix: spec.Prefix, Wait: consul.WaitDefault,
+			Argv: spec.Argv, Shell: true, NodeFilter: spec.NodeFilter, Prefix: spec.Prefix, Wait: wait,
 			OutputCap: tenant.OutputCap, Targets: []byte("[]")}, nodeNames(targets))
 		if err != nil {
 			b.Fatal(err)
