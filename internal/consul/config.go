@@ -28,11 +28,12 @@ import (
 	"github.com/rexec/rexec/internal/metrics"
 )
 
-// Defaults, as `consul exec` has them.
+// Defaults, as `consul exec` has them, except WaitReplDefault (see
+// Spec.WaitRepl).
 const (
 	PrefixDefault         = "_rexec"
 	WaitDefault           = 2 * time.Second
-	WaitReplDefault       = 200 * time.Millisecond
+	WaitReplDefault       = 0
 	SessionTTLDefault     = 15 * time.Second
 	RenewIntervalDefault  = 5 * time.Second
 	EventSizeLimitDefault = 512

@@ -34,9 +34,9 @@ var ErrACLDisabled = errors.New("localconsul: the cluster runs without ACLs")
 // ACLConfig turns ACLs on for every agent of a cluster. The zero value is
 // ACLs on with default policy deny.
 //
-// The server agent uses the management token as its agent token: it must
-// register itself before any other token can exist, since the management
-// token is only bootstrapped by the leader the server becomes. Client
+// The server agents use the management token as their agent token: they
+// must register themselves before any other token can exist, since the
+// management token is only bootstrapped by the leader they elect. Client
 // agents start once the server is up, with an agent token of their own
 // that holds AgentRules, which also registers their services: remote exec
 // works through them as in a real cluster, where the agents' token needs
@@ -149,13 +149,15 @@ func (c *Cluster) createToken(ctx context.Context, secretID, rules string) (stri
 	return tok.SecretID, nil
 }
 
-// startACL starts the server alone, waits for it and for ACLs to be
+// startACL starts the servers alone, waits for them and for ACLs to be
 // bootstrapped, creates the client agents' token and then starts the
 // clients: clients started earlier would fail to register until their
 // next anti-entropy round, up to a minute later.
 func (c *Cluster) startACL(ctx context.Context) error {
-	if err := c.server.start(); err != nil {
-		return err
+	for _, s := range c.servers {
+		if err := s.start(); err != nil {
+			return err
+		}
 	}
 	// Readiness is judged with the management token, so it also means
 	// the leader has bootstrapped it.

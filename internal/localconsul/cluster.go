@@ -1,5 +1,5 @@
 // Package localconsul runs a real Consul cluster on loopback addresses: one
-// server and any number of client agents, each on its own 127.x.y.z address
+// server (or three, or any number) and any number of client agents, each on its own 127.x.y.z address
 // with its own node name, services and remote-exec setting. Tests and
 // `rexec-svc dev` use it; it knows nothing about rexec itself.
 package localconsul
@@ -27,7 +27,9 @@ import (
 // Default settings.
 const (
 	ServerNameDefault   = "consul-server"
+	ServersDefault      = 1
 	StartTimeoutDefault = 60 * time.Second
+	LogLevelDefault     = "info"
 )
 
 // Service is a service registered on an agent.
@@ -48,6 +50,9 @@ type AgentConfig struct {
 	DisableRemoteExec bool
 	// ExtraHCL is appended to the agent's configuration file.
 	ExtraHCL string
+	// LogLevel is the agent's log_level (its log is agent.log in Dir).
+	// Default: LogLevelDefault ("info").
+	LogLevel string
 }
 
 // Config describes a cluster.
@@ -57,9 +62,16 @@ type Config struct {
 	// Dir holds every agent's data and logs. Default: a new temporary
 	// directory, removed by Stop.
 	Dir string
-	// Server configures the single server agent; its Name defaults to
+	// Server configures the first server agent; its Name defaults to
 	// ServerNameDefault.
 	Server AgentConfig
+	// Servers is the number of server agents, bootstrapped together
+	// (bootstrap_expect = Servers) and joined to one another: 3 gives a
+	// Raft cluster with followers, whose stale reads can lag the leader.
+	// The servers after the first are named <Server.Name>-2, -3, ... and
+	// share Server's other settings, services included. Default:
+	// ServersDefault (1).
+	Servers int
 	// Clients are the client agents.
 	Clients []AgentConfig
 	// StartTimeout bounds the wait for the cluster to become ready.
@@ -70,11 +82,19 @@ type Config struct {
 	// ACL, when set, turns ACLs on for every agent (see ACLConfig).
 	// Default: ACLs off.
 	ACL *ACLConfig
+	// GossipInterval is every agent's gossip_lan.gossip_interval: how
+	// often an agent passes queued broadcasts, user events among them, to
+	// its peers, which bounds how soon agents hear of a run. Default:
+	// Consul's (200ms).
+	GossipInterval time.Duration
 }
 
 func (c Config) withDefaults() Config {
 	if c.Server.Name == "" {
 		c.Server.Name = ServerNameDefault
+	}
+	if c.Servers == 0 {
+		c.Servers = ServersDefault
 	}
 	if c.StartTimeout == 0 {
 		c.StartTimeout = StartTimeoutDefault
@@ -89,9 +109,24 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// serverConfigs are the server agents' configurations, the first one's
+// first.
+func (c Config) serverConfigs() []AgentConfig {
+	out := []AgentConfig{c.Server}
+	for i := 2; i <= c.Servers; i++ {
+		s := c.Server
+		s.Name = fmt.Sprintf("%s-%d", c.Server.Name, i)
+		out = append(out, s)
+	}
+	return out
+}
+
 func (c Config) validate() error {
+	if c.Servers < 1 || c.Servers > 7 {
+		return errors.New("localconsul: Servers must be between 1 and 7")
+	}
 	seen := map[string]bool{}
-	for _, a := range append([]AgentConfig{c.Server}, c.Clients...) {
+	for _, a := range append(c.serverConfigs(), c.Clients...) {
 		if a.Name == "" {
 			return errors.New("localconsul: every client agent needs a Name")
 		}
@@ -100,8 +135,8 @@ func (c Config) validate() error {
 		}
 		seen[a.Name] = true
 	}
-	if len(c.Clients) > 250 {
-		return errors.New("localconsul: at most 250 client agents")
+	if len(c.Clients)+c.Servers > 251 {
+		return errors.New("localconsul: at most 251 agents (servers and clients)")
 	}
 	if c.ACL != nil {
 		return c.ACL.validate()
@@ -113,7 +148,7 @@ func (c Config) validate() error {
 type Cluster struct {
 	cfg     Config
 	tmpDir  bool
-	server  *Agent
+	servers []*Agent // the first is Server()
 	clients []*Agent
 	// agentToken is the client agents' ACL token, chosen before it exists
 	// so that every client's configuration can name it.
@@ -162,11 +197,17 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		c.Stop()
 		return nil, err
 	}
-	c.server = c.newAgent(cfg.Server, true, base+"1")
+	// The first server keeps .1 and the clients .2 on, as with a single
+	// server; further servers come after the clients.
+	c.servers = []*Agent{c.newAgent(cfg.Server, true, base+"1")}
 	for i, ac := range cfg.Clients {
 		c.clients = append(c.clients, c.newAgent(ac, false, fmt.Sprintf("%s%d", base, i+2)))
 	}
-	cfg.Logger.InfoContext(ctx, "starting consul cluster", slog.String("server", c.server.ip), slog.Int("clients", len(c.clients)), slog.Bool("acl", cfg.ACL != nil))
+	for i, ac := range cfg.serverConfigs()[1:] {
+		c.servers = append(c.servers, c.newAgent(ac, true, fmt.Sprintf("%s%d", base, len(cfg.Clients)+2+i)))
+	}
+	cfg.Logger.InfoContext(ctx, "starting consul cluster", slog.String("server", c.servers[0].ip), slog.Int("servers", len(c.servers)),
+		slog.Int("clients", len(c.clients)), slog.Bool("acl", cfg.ACL != nil))
 	ctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
 	defer cancel()
 	if cfg.ACL != nil {
@@ -208,11 +249,37 @@ func (c *Cluster) newAgent(cfg AgentConfig, server bool, ip string) *Agent {
 	return &Agent{cluster: c, cfg: cfg, server: server, ip: ip, dir: filepath.Join(c.cfg.Dir, cfg.Name)}
 }
 
-// Agents returns the server followed by the clients.
-func (c *Cluster) Agents() []*Agent { return append([]*Agent{c.server}, c.clients...) }
+// Agents returns the servers followed by the clients.
+func (c *Cluster) Agents() []*Agent { return append(slices.Clone(c.servers), c.clients...) }
 
-// Server returns the server agent.
-func (c *Cluster) Server() *Agent { return c.server }
+// Server returns the first server agent.
+func (c *Cluster) Server() *Agent { return c.servers[0] }
+
+// Servers returns the server agents, the first one first.
+func (c *Cluster) Servers() []*Agent { return slices.Clone(c.servers) }
+
+// Clients returns the client agents.
+func (c *Cluster) Clients() []*Agent { return slices.Clone(c.clients) }
+
+// Leader returns the server agent that is the Raft leader now, as the
+// servers report it.
+func (c *Cluster) Leader(ctx context.Context) (*Agent, error) {
+	client, err := c.apiClient(c.ManagementToken())
+	if err != nil {
+		return nil, err
+	}
+	addr, err := client.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("localconsul: leader: %w", err)
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	for _, a := range c.servers {
+		if a.ip == host {
+			return a, nil
+		}
+	}
+	return nil, fmt.Errorf("localconsul: leader %q is none of the cluster's servers", addr)
+}
 
 // Agent returns the agent with the given node name, or nil.
 func (c *Cluster) Agent(name string) *Agent {
@@ -224,8 +291,8 @@ func (c *Cluster) Agent(name string) *Agent {
 	return nil
 }
 
-// HTTPAddr is the server agent's HTTP address (host:port).
-func (c *Cluster) HTTPAddr() string { return c.server.HTTPAddr() }
+// HTTPAddr is the first server agent's HTTP address (host:port).
+func (c *Cluster) HTTPAddr() string { return c.Server().HTTPAddr() }
 
 // Stop kills every agent and removes the data directory if Start created it.
 func (c *Cluster) Stop() {
@@ -310,6 +377,13 @@ func (a *Agent) IP() string { return a.ip }
 // HTTPAddr is the agent's HTTP API address.
 func (a *Agent) HTTPAddr() string { return a.ip + ":8500" }
 
+// SerfLANAddr is the agent's LAN gossip address (host:port), which a
+// gossip member outside Consul joins to receive user events.
+func (a *Agent) SerfLANAddr() string { return a.ip + ":8301" }
+
+// LogPath is the agent's log file.
+func (a *Agent) LogPath() string { return filepath.Join(a.dir, "agent.log") }
+
 // Dir is the agent's data directory.
 func (a *Agent) Dir() string { return a.dir }
 
@@ -327,7 +401,7 @@ func (a *Agent) configHCL() string {
 	fmt.Fprintf(&b, "node_name = %q\ndata_dir = %q\n", a.cfg.Name, filepath.Join(a.dir, "data"))
 	fmt.Fprintf(&b, "bind_addr = %q\nclient_addr = %q\nadvertise_addr = %q\n", a.ip, a.ip, a.ip)
 	b.WriteString("ports { dns = -1\n grpc = -1 }\n")
-	b.WriteString("disable_update_check = true\nlog_level = \"info\"\nleave_on_terminate = false\n")
+	fmt.Fprintf(&b, "disable_update_check = true\nlog_level = %q\nleave_on_terminate = false\n", cmpOr(a.cfg.LogLevel, LogLevelDefault))
 	b.WriteString("performance { raft_multiplier = 1 }\n")
 	// User events travel by gossip, best effort: with serf's defaults a
 	// small cluster misses about one node-delivery in a few hundred (each
@@ -335,12 +409,23 @@ func (a *Agent) configHCL() string {
 	// Gossiping to more peers, more often, makes a loss rare enough that
 	// tests and dev mode see rexec's behaviour, not gossip's luck; rexec
 	// reports a lost delivery as no_ack either way.
-	b.WriteString("gossip_lan { gossip_nodes = 6\n retransmit_mult = 8 }\n")
+	b.WriteString("gossip_lan { gossip_nodes = 6\n retransmit_mult = 8\n")
+	if d := a.cluster.cfg.GossipInterval; d > 0 {
+		fmt.Fprintf(&b, " gossip_interval = %q\n", d.String())
+	}
+	b.WriteString("}\n")
 	fmt.Fprintf(&b, "disable_remote_exec = %t\n", a.cfg.DisableRemoteExec)
+	var join []string
+	for _, s := range a.cluster.servers {
+		if s != a {
+			join = append(join, fmt.Sprintf("%q", s.ip))
+		}
+	}
 	if a.server {
-		b.WriteString("server = true\nbootstrap_expect = 1\n")
-	} else {
-		fmt.Fprintf(&b, "retry_join = [%q]\nretry_interval = \"1s\"\n", a.cluster.server.ip)
+		fmt.Fprintf(&b, "server = true\nbootstrap_expect = %d\n", len(a.cluster.servers))
+	}
+	if len(join) > 0 {
+		fmt.Fprintf(&b, "retry_join = [%s]\nretry_interval = \"1s\"\n", strings.Join(join, ", "))
 	}
 	for _, s := range a.cfg.Services {
 		id := cmpOr(s.ID, s.Name)
@@ -377,7 +462,7 @@ func (a *Agent) start() error {
 		return fmt.Errorf("localconsul: %w", err)
 	}
 	p, err := childproc.Start(a.cluster.cfg.Binary, []string{"agent", "-config-file", cfgPath},
-		childproc.Options{Dir: a.dir, LogPath: filepath.Join(a.dir, "agent.log")})
+		childproc.Options{Dir: a.dir, LogPath: a.LogPath()})
 	if err != nil {
 		return fmt.Errorf("localconsul: agent %s: %w", a.cfg.Name, err)
 	}
@@ -437,7 +522,7 @@ func (a *Agent) Restart(ctx context.Context) error {
 }
 
 func (a *Agent) logTail() string {
-	b, _ := os.ReadFile(filepath.Join(a.dir, "agent.log"))
+	b, _ := os.ReadFile(a.LogPath())
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	return strings.Join(lines[max(0, len(lines)-20):], "\n")
 }

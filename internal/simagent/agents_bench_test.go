@@ -1,0 +1,140 @@
+package simagent_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os/exec"
+	"regexp"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rexec/rexec/internal/consul"
+	"github.com/rexec/rexec/internal/localconsul"
+	"github.com/rexec/rexec/internal/testenv"
+)
+
+// proxyCounter is a reverse proxy to one agent that counts the requests
+// and response bytes of whoever talks to Consul through it.
+type proxyCounter struct {
+	srv      *httptest.Server
+	requests atomic.Int64
+	bytes    atomic.Int64
+}
+
+func newProxyCounter(agent string) *proxyCounter {
+	target, _ := url.Parse("http://" + agent)
+	rp := httputil.NewSingleHostReverseProxy(target)
+	p := &proxyCounter{}
+	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.requests.Add(1)
+		rp.ServeHTTP(&countingWriter{ResponseWriter: w, n: &p.bytes}, r)
+	}))
+	return p
+}
+
+type countingWriter struct {
+	http.ResponseWriter
+	n *atomic.Int64
+}
+
+func (w *countingWriter) Write(b []byte) (int, error) {
+	n, err := w.ResponseWriter.Write(b)
+	w.n.Add(int64(n))
+	return n, err
+}
+
+// Flush lets blocking queries' answers through as they come.
+func (w *countingWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+var finishedLine = regexp.MustCompile(`(?m)^==> [^:]+: finished with exit code 0$`)
+
+// BenchmarkAgentsVsConsulExec starts a loopback cluster of one server and
+// REXEC_BENCH_AGENTS client agents (default 2, so that CI's one-iteration
+// run stays small; 30 to measure, about 90 MB each) and runs `uptime` on
+// every node alternately with `consul exec` and with the engine (target
+// resolution included), both through one counting proxy in front of a
+// client agent. It reports each one's time and Consul HTTP requests and
+// response bytes per run. `consul exec` always waits out its quiet period
+// (-wait, 2s); the engine ends once every node exited.
+//
+//	REXEC_BENCH_AGENTS=30 go test ./internal/simagent -run '^$' -bench AgentsVsConsulExec -benchtime 5x
+func BenchmarkAgentsVsConsulExec(b *testing.B) {
+	ctx := b.Context()
+	n := envInt(b, "REXEC_BENCH_AGENTS", 2)
+	var clients []localconsul.AgentConfig
+	for i := 1; i <= n; i++ {
+		clients = append(clients, localconsul.AgentConfig{Name: fmt.Sprintf("agent-%02d", i)})
+	}
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	cl, err := localconsul.Start(sctx, localconsul.Config{Clients: clients, StartTimeout: 5 * time.Minute})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cl.Stop()
+	bin, err := localconsul.FindBinary(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	proxy := newProxyCounter(cl.Clients()[0].HTTPAddr())
+	defer proxy.srv.Close()
+	addr := proxy.srv.Listener.Addr().String()
+	c, err := consul.New(consul.Config{Address: addr})
+	if err != nil {
+		b.Fatal(err)
+	}
+	prefix := testenv.Prefix(b)
+	nodes := n + 1 // the server runs commands too
+
+	var ceTime, enTime time.Duration
+	var ceReq, enReq, ceBytes, enBytes int64
+	for b.Loop() {
+		r0, b0 := proxy.requests.Load(), proxy.bytes.Load()
+		start := time.Now()
+		out, err := exec.CommandContext(ctx, bin, "exec", "-http-addr="+addr, "-prefix", prefix, "uptime").CombinedOutput()
+		ceTime += time.Since(start)
+		ceReq += proxy.requests.Load() - r0
+		ceBytes += proxy.bytes.Load() - b0
+		if got := len(finishedLine.FindAll(out, -1)); err != nil || got != nodes {
+			b.Fatalf("consul exec: %v, %d of %d nodes finished:\n%s", err, got, nodes, bytes.TrimSpace(out))
+		}
+
+		r0, b0 = proxy.requests.Load(), proxy.bytes.Load()
+		start = time.Now()
+		spec := consul.Spec{Argv: []string{"uptime"}, Prefix: prefix}
+		targets, err := c.Resolve(ctx, spec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		res, err := c.Run(ctx, spec, targets, (&collector{}).handle)
+		if err != nil {
+			b.Fatal(err)
+		}
+		enTime += time.Since(start)
+		enReq += proxy.requests.Load() - r0
+		enBytes += proxy.bytes.Load() - b0
+		if exited, _ := res.Counts(); exited != nodes {
+			b.Fatalf("engine: %d of %d nodes exited (%s)", exited, nodes, res.Outcome)
+		}
+	}
+	runs := float64(b.N)
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(float64(nodes), "nodes")
+	b.ReportMetric(float64(ceTime.Milliseconds())/runs, "consul-exec-ms/run")
+	b.ReportMetric(float64(enTime.Milliseconds())/runs, "engine-ms/run")
+	b.ReportMetric(float64(enTime)/float64(ceTime), "time-ratio")
+	b.ReportMetric(float64(ceReq)/runs, "consul-exec-req/run")
+	b.ReportMetric(float64(enReq)/runs, "engine-req/run")
+	b.ReportMetric(float64(ceBytes)/runs, "consul-exec-B/run")
+	b.ReportMetric(float64(enBytes)/runs, "engine-B/run")
+}
