@@ -26,7 +26,7 @@ func cmdExec(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	tag := fs.String("tag", "", "regular expression to filter on service tags; needs -service")
 	shell := fs.Bool("shell", true, "run the command in a shell; -shell=false runs it as an argument vector")
 	wait := fs.Duration("wait", 2*time.Second, "quiet period after which stragglers are given up")
-	waitRepl := fs.Duration("wait-repl", 200*time.Millisecond, "pause for replication before the event is fired")
+	waitRepl := fs.Duration("wait-repl", 0, "pause between writing the job spec and firing the event (consul exec pauses 200ms; agents re-read a missing spec consistently, so rexec need not)")
 	prefix := fs.String("prefix", "", "KV prefix (the tenant's, or one under it; default the tenant's)")
 	verbose := fs.Bool("verbose", false, "print progress details")
 	reason := fs.String("reason", "", "why this runs (kept in the audit log)")

@@ -250,7 +250,7 @@ func TestAuditFacts(t *testing.T) {
 				return fmt.Errorf("filters %v %v %v", d["node_filter"], d["service_filter"], d["tag_filter"])
 			case d["reason"] != "audit drill 7" || d["submitted_by"] != "alice" || d["prefix"] != e.prefix:
 				return fmt.Errorf("reason %v, submitted_by %v, prefix %v", d["reason"], d["submitted_by"], d["prefix"])
-			case d["wait"] != "1s" || d["wait_repl"] != "200ms" || d["timeout"] != "0s" || d["start_timeout"] != "15m0s" || d["start_by"] == nil:
+			case d["wait"] != "1s" || d["wait_repl"] != "0s" || d["timeout"] != "0s" || d["start_timeout"] != "15m0s" || d["start_by"] == nil:
 				return fmt.Errorf("wait %v, wait_repl %v, timeout %v, start_timeout %v, start_by %v",
 					d["wait"], d["wait_repl"], d["timeout"], d["start_timeout"], d["start_by"])
 			case d["request_hash"] != run.RequestHash:
