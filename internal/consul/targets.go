@@ -3,9 +3,9 @@ package consul
 import (
 	"context"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
-	"sort"
 	"strings"
 
 	"github.com/hashicorp/consul/api"
@@ -26,84 +26,133 @@ type Service struct {
 	Tags []string `json:"tags"`
 }
 
-// Resolve returns the alive nodes that spec's filters select, sorted by name,
-// with each node's services. It applies the filters exactly as agents apply
-// them to themselves (agent/user_event.go): the node regex on the node name;
-// the service regex on the IDs of the node's services (agents match the
-// service ID, which equals the name unless a registration sets its own); the
-// tag regex on the tags of a service that matched. Unanchored, as in Go's
-// regexp.MatchString. Nodes without an alive agent (serfHealth not passing,
-// or no agent at all) are left out: they could not run anything.
-//
-// It returns ErrNoTargets when nothing matches.
+// Catalog is what target resolution reads of Consul's catalog: the alive
+// nodes (serfHealth passing) with their service instances, as of one Raft
+// index. A Catalog is never modified once built: a CatalogView hands the
+// same one to every resolution until the next one replaces it.
+type Catalog struct {
+	// Index is the catalog's Raft index (X-Consul-Index): the highest
+	// index among the reads it was built from.
+	Index uint64
+	// Nodes are the alive nodes, sorted by name, each with its services
+	// sorted by ID (never nil).
+	Nodes []Node
+}
+
+// Resolve reads the catalog (ReadCatalog) and returns the nodes spec's
+// filters select (Match).
 func (c *Client) Resolve(ctx context.Context, spec Spec) ([]Node, error) {
 	spec = spec.WithDefaults()
-	nodeRe, svcRe, tagRe, err := compileFilters(spec)
+	// A bad filter is refused before anything is read.
+	if _, _, _, err := compileFilters(spec); err != nil {
+		return nil, err
+	}
+	cat, err := c.ReadCatalog(ctx)
 	if err != nil {
 		return nil, err
 	}
-	q := func() *api.QueryOptions { return (&api.QueryOptions{}).WithContext(ctx) }
+	return Match(cat, spec)
+}
 
-	checks, _, err := c.api.Health().State(api.HealthAny, (&api.QueryOptions{Filter: `CheckID == "serfHealth"`}).WithContext(ctx))
+// serfHealthFilter selects the agents' own health checks.
+const serfHealthFilter = `CheckID == "serfHealth" and ServiceID == ""`
+
+// ReadCatalog reads the catalog directly from the agent with the public
+// endpoints: the serfHealth checks, the nodes, the service names and one
+// request per service name (rather than one per node: clusters have far
+// fewer services than nodes). It is what a CatalogView falls back to.
+func (c *Client) ReadCatalog(ctx context.Context) (*Catalog, error) {
+	q := func() *api.QueryOptions { return (&api.QueryOptions{}).WithContext(ctx) }
+	var index uint64
+	seen := func(m *api.QueryMeta) {
+		if m != nil {
+			index = max(index, m.LastIndex)
+		}
+	}
+	checks, meta, err := c.api.Health().State(api.HealthAny, (&api.QueryOptions{Filter: serfHealthFilter}).WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("read node health: %w", err)
 	}
+	seen(meta)
 	alive := map[string]bool{}
 	for _, ch := range checks {
 		if ch.Status == api.HealthPassing {
 			alive[ch.Node] = true
 		}
 	}
-	nodes, _, err := c.api.Catalog().Nodes(q())
+	nodes, meta, err := c.api.Catalog().Nodes(q())
 	if err != nil {
 		return nil, fmt.Errorf("read catalog nodes: %w", err)
 	}
+	seen(meta)
 	byName := map[string]*Node{}
 	for _, n := range nodes {
-		if !alive[n.Node] || (nodeRe != nil && !nodeRe.MatchString(n.Node)) {
-			continue
+		if alive[n.Node] {
+			byName[n.Node] = &Node{Name: n.Node, Address: n.Address, Services: []Service{}}
 		}
-		byName[n.Node] = &Node{Name: n.Node, Address: n.Address, Services: []Service{}}
 	}
-	if len(byName) == 0 {
-		return nil, ErrNoTargets
-	}
-
-	// Services per node: one request per service name rather than one per
-	// node, since clusters have far fewer services than nodes.
-	names, _, err := c.api.Catalog().Services(q())
+	names, meta, err := c.api.Catalog().Services(q())
 	if err != nil {
 		return nil, fmt.Errorf("read catalog services: %w", err)
 	}
-	svcNames := make([]string, 0, len(names))
-	for n := range names {
-		svcNames = append(svcNames, n)
-	}
-	sort.Strings(svcNames)
-	for _, name := range svcNames {
-		insts, _, err := c.api.Catalog().Service(name, "", q())
+	seen(meta)
+	for _, name := range slices.Sorted(maps.Keys(names)) {
+		insts, meta, err := c.api.Catalog().Service(name, "", q())
 		if err != nil {
 			return nil, fmt.Errorf("read catalog service %s: %w", name, err)
 		}
+		seen(meta)
 		for _, in := range insts {
 			if n := byName[in.Node]; n != nil {
 				n.Services = append(n.Services, Service{ID: in.ServiceID, Name: in.ServiceName, Tags: nonNil(in.ServiceTags)})
 			}
 		}
 	}
+	return newCatalog(index, byName), nil
+}
 
-	var out []Node
+// newCatalog sorts the nodes and their services into a Catalog.
+func newCatalog(index uint64, byName map[string]*Node) *Catalog {
+	cat := &Catalog{Index: index, Nodes: make([]Node, 0, len(byName))}
 	for _, n := range byName {
+		slices.SortFunc(n.Services, func(a, b Service) int { return strings.Compare(a.ID, b.ID) })
+		cat.Nodes = append(cat.Nodes, *n)
+	}
+	slices.SortFunc(cat.Nodes, func(a, b Node) int { return strings.Compare(a.Name, b.Name) })
+	return cat
+}
+
+// Match returns the nodes of cat that spec's filters select, sorted by
+// name, with each node's services. It applies the filters exactly as
+// agents apply them to themselves (agent/user_event.go): the node regex on
+// the node name; the service regex on the IDs of the node's services
+// (agents match the service ID, which equals the name unless a
+// registration sets its own); the tag regex on the tags of a service that
+// matched. Unanchored, as in Go's regexp.MatchString. cat holds alive
+// nodes only: a node without an alive agent could not run anything.
+//
+// Match does no I/O. The nodes it returns share their Services with cat:
+// callers must not modify them. It returns ErrNoTargets when nothing
+// matches.
+func Match(cat *Catalog, spec Spec) ([]Node, error) {
+	nodeRe, svcRe, tagRe, err := compileFilters(spec)
+	if err != nil {
+		return nil, err
+	}
+	var out []Node
+	for i := range cat.Nodes {
+		n := &cat.Nodes[i]
+		if nodeRe != nil && !nodeRe.MatchString(n.Name) {
+			continue
+		}
 		if svcRe != nil && !matchesService(n, svcRe, tagRe) {
 			continue
 		}
-		slices.SortFunc(n.Services, func(a, b Service) int { return strings.Compare(a.ID, b.ID) })
 		out = append(out, *n)
 	}
 	if len(out) == 0 {
 		return nil, ErrNoTargets
 	}
-	slices.SortFunc(out, func(a, b Node) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
 }
 
