@@ -254,17 +254,26 @@ func (v *CatalogView) run(ctx context.Context) {
 		wait := v.cfg.MinInterval - time.Since(start)
 		if err != nil {
 			failures++
+			// The next round reads at once rather than block on the old
+			// index: contact is back as soon as Consul answers.
+			index = 0
 			v.state.Store(&viewState{cat: prev.cat, at: prev.at, err: err})
 			v.reportBroken(fmt.Sprintf("catalog watch failing: %v", err))
 			wait = min(v.cfg.BackoffMin<<min(failures-1, 16), v.cfg.BackoffMax)
 		} else {
-			failures = 0
 			if cat == nil { // unchanged: the same snapshot, fresh again
 				cat = prev.cat
 			}
 			v.state.Store(&viewState{cat: cat, at: time.Now()})
-			if v.broken.Swap(false) {
-				v.log.Info("catalog view recovered", slog.String("agent", v.client.cfg.Address), slog.Uint64("index", cat.Index))
+			// The read after a failure does not block, and a fault that
+			// cuts long requests only (a proxy's timeout) lets it pass:
+			// the snapshot is fresh, but the watch has recovered only
+			// once a blocking round succeeds.
+			if index != 0 || first {
+				failures = 0
+				if v.broken.Swap(false) {
+					v.log.Info("catalog view recovered", slog.String("agent", v.client.cfg.Address), slog.Uint64("index", cat.Index))
+				}
 			}
 			// Consul's rules for blocking queries: an index that goes
 			// backwards (a restored snapshot) starts over; never wait on 0.

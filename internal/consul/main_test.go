@@ -46,6 +46,7 @@ func TestMain(m *testing.M) {
 		clients = append(clients, localconsul.AgentConfig{Name: n, Services: []localconsul.Service{{Name: "long"}}})
 	}
 	code := testenv.Run(m, testenv.Options{Consul: &localconsul.Config{Clients: clients}})
+	closeSharedView()
 	stopACLCluster() // started by the first ACL test, if any ran
 	os.Exit(code)
 }
@@ -95,12 +96,16 @@ func (b *bundle) spec(argv ...string) consul.Spec {
 	return consul.Spec{Argv: argv, Prefix: b.prefix}
 }
 
-// resolveAndRun resolves spec's targets and runs it with a collector.
+// resolveAndRun resolves spec's targets with the package's catalog view,
+// as a submission does, and runs it with a collector.
 func (b *bundle) resolveAndRun(t *testing.T, ctx context.Context, spec consul.Spec) (*consul.Result, *collector) {
 	t.Helper()
-	targets, err := b.client.Resolve(ctx, spec)
+	targets, info, err := sharedView(t).Resolve(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if info.Source != consul.SourceView {
+		t.Errorf("targets resolved by a direct read: %s", info.Reason)
 	}
 	col := &collector{}
 	res, err := b.client.Run(ctx, spec, targets, col.handle)

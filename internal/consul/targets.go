@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -37,7 +39,18 @@ type Catalog struct {
 	// Nodes are the alive nodes, sorted by name, each with its services
 	// sorted by ID (never nil).
 	Nodes []Node
+	// matches caches Match's results by filters (matchKey → []Node), so
+	// that the submissions a snapshot serves with the same filters match
+	// once; nMatches bounds it.
+	matches  sync.Map
+	nMatches atomic.Int64
 }
+
+// maxCachedMatches bounds the results a Catalog keeps: past it, further
+// filters are matched each time.
+const maxCachedMatches = 1024
+
+type matchKey struct{ node, service, tag string }
 
 // Resolve reads the catalog (ReadCatalog) and returns the nodes spec's
 // filters select (Match).
@@ -131,46 +144,80 @@ func newCatalog(index uint64, byName map[string]*Node) *Catalog {
 // matched. Unanchored, as in Go's regexp.MatchString. cat holds alive
 // nodes only: a node without an alive agent could not run anything.
 //
-// Match does no I/O. The nodes it returns share their Services with cat:
-// callers must not modify them. It returns ErrNoTargets when nothing
+// Match does no I/O, and matches each set of filters once per Catalog:
+// the nodes it returns are shared with cat and with other callers, which
+// must not modify them. It returns ErrNoTargets when nothing
 // matches.
 func Match(cat *Catalog, spec Spec) ([]Node, error) {
+	key := matchKey{spec.NodeFilter, spec.ServiceFilter, spec.TagFilter}
+	if v, ok := cat.matches.Load(key); ok {
+		return matchResult(v.([]Node))
+	}
 	nodeRe, svcRe, tagRe, err := compileFilters(spec)
 	if err != nil {
 		return nil, err
 	}
-	var out []Node
+	// Clusters have far fewer distinct service IDs and tags than
+	// instances: each regex runs once per distinct string.
+	m := matcher{svcRe: svcRe, tagRe: tagRe, svc: map[string]bool{}, tag: map[string]bool{}}
+	out := []Node{}
 	for i := range cat.Nodes {
 		n := &cat.Nodes[i]
 		if nodeRe != nil && !nodeRe.MatchString(n.Name) {
 			continue
 		}
-		if svcRe != nil && !matchesService(n, svcRe, tagRe) {
+		if svcRe != nil && !m.matchesService(n) {
 			continue
 		}
 		out = append(out, *n)
 	}
-	if len(out) == 0 {
-		return nil, ErrNoTargets
+	out = slices.Clip(out) // an append by a caller copies
+	if cat.nMatches.Add(1) <= maxCachedMatches {
+		cat.matches.Store(key, out)
 	}
-	return out, nil
+	return matchResult(out)
 }
 
-func matchesService(n *Node, svcRe, tagRe *regexp.Regexp) bool {
+func matchResult(nodes []Node) ([]Node, error) {
+	if len(nodes) == 0 {
+		return nil, ErrNoTargets
+	}
+	return nodes, nil
+}
+
+// matcher is one Match's service and tag filters with their verdicts on
+// the strings seen so far.
+type matcher struct {
+	svcRe, tagRe *regexp.Regexp
+	svc, tag     map[string]bool
+}
+
+func (m *matcher) matchesService(n *Node) bool {
 	for _, s := range n.Services {
 		// The "consul" service of server nodes is not in any agent's local
 		// state, so an agent never matches it.
-		if s.ID == "consul" || !svcRe.MatchString(s.ID) {
+		if s.ID == "consul" || !memo(m.svc, m.svcRe, s.ID) {
 			continue
 		}
-		if tagRe == nil {
+		if m.tagRe == nil {
 			return true
 		}
-		if slices.ContainsFunc(s.Tags, tagRe.MatchString) {
-			return true
+		for _, tag := range s.Tags {
+			if memo(m.tag, m.tagRe, tag) {
+				return true
+			}
 		}
 	}
 	return false
+}
+
+func memo(seen map[string]bool, re *regexp.Regexp, s string) bool {
+	v, ok := seen[s]
+	if !ok {
+		v = re.MatchString(s)
+		seen[s] = v
+	}
+	return v
 }
 
 func compileFilters(s Spec) (node, svc, tag *regexp.Regexp, err error) {
