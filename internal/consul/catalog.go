@@ -21,6 +21,9 @@ const (
 	ViewSyncWaitDefault    = 5 * time.Second
 	ViewBackoffMinDefault  = 250 * time.Millisecond
 	ViewBackoffMaxDefault  = 30 * time.Second
+	// ViewProbeWait is the wait of the blocking round that proves a
+	// broken watch has recovered.
+	ViewProbeWait = time.Second
 )
 
 // Sources of a resolution (ResolveInfo.Source).
@@ -242,38 +245,44 @@ func (v *CatalogView) run(ctx context.Context) {
 	first := true
 	for {
 		start := time.Now()
+		// After a failure the watch is broken until a blocking round
+		// succeeds again: the read that follows a failure does not block,
+		// and a fault that cuts long requests only (a proxy's timeout)
+		// would let it pass. A short blocking round proves recovery.
+		wait := v.cfg.WaitTime
+		if failures > 0 {
+			wait = min(wait, ViewProbeWait)
+		}
 		// A round that outlives MaxAge has hung (a frozen agent): end it
 		// and start again rather than wait on it.
 		rctx, cancel := context.WithTimeout(ctx, v.cfg.MaxAge())
-		cat, last, err := v.client.readNodeDump(rctx, index, v.cfg.WaitTime)
+		cat, last, err := v.client.readNodeDump(rctx, index, wait)
 		cancel()
 		if ctx.Err() != nil {
 			return
 		}
 		prev := v.state.Load()
-		wait := v.cfg.MinInterval - time.Since(start)
+		pause := v.cfg.MinInterval - time.Since(start)
 		if err != nil {
 			failures++
 			// The next round reads at once rather than block on the old
-			// index: contact is back as soon as Consul answers.
+			// index: the snapshot is current as soon as Consul answers.
 			index = 0
 			v.state.Store(&viewState{cat: prev.cat, at: prev.at, err: err})
 			v.reportBroken(fmt.Sprintf("catalog watch failing: %v", err))
-			wait = min(v.cfg.BackoffMin<<min(failures-1, 16), v.cfg.BackoffMax)
+			pause = min(v.cfg.BackoffMin<<min(failures-1, 16), v.cfg.BackoffMax)
 		} else {
 			if cat == nil { // unchanged: the same snapshot, fresh again
 				cat = prev.cat
 			}
-			v.state.Store(&viewState{cat: cat, at: time.Now()})
-			// The read after a failure does not block, and a fault that
-			// cuts long requests only (a proxy's timeout) lets it pass:
-			// the snapshot is fresh, but the watch has recovered only
-			// once a blocking round succeeds.
-			if index != 0 || first {
+			if failures == 0 || index != 0 {
 				failures = 0
+				v.state.Store(&viewState{cat: cat, at: time.Now()})
 				if v.broken.Swap(false) {
 					v.log.Info("catalog view recovered", slog.String("agent", v.client.cfg.Address), slog.Uint64("index", cat.Index))
 				}
+			} else {
+				v.state.Store(&viewState{cat: cat, at: time.Now(), err: prev.err})
 			}
 			// Consul's rules for blocking queries: an index that goes
 			// backwards (a restored snapshot) starts over; never wait on 0.
@@ -287,8 +296,8 @@ func (v *CatalogView) run(ctx context.Context) {
 			close(v.synced)
 			first = false
 		}
-		if wait > 0 {
-			t := time.NewTimer(wait)
+		if pause > 0 {
+			t := time.NewTimer(pause)
 			select {
 			case <-ctx.Done():
 				t.Stop()
