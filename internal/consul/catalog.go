@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -125,7 +124,6 @@ type CatalogView struct {
 
 	cancel context.CancelFunc
 	done   chan struct{}
-	once   sync.Once
 }
 
 // viewState is the outcome of the view's latest round.
@@ -218,7 +216,11 @@ func (v *CatalogView) Resolve(ctx context.Context, spec Spec) ([]Node, ResolveIn
 	if ctx.Err() != nil {
 		return nil, ResolveInfo{}, ctx.Err()
 	}
-	v.reportBroken(reason)
+	select {
+	case <-v.done: // closed under this resolution: nothing broke
+	default:
+		v.reportBroken(reason)
+	}
 	info := ResolveInfo{Source: SourceDirect, Reason: reason}
 	cat, err := v.client.ReadCatalog(ctx)
 	if err != nil {

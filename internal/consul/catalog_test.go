@@ -23,34 +23,6 @@ import (
 	"github.com/rexec/rexec/internal/testenv"
 )
 
-// shared is the package's catalog view on web-1, which resolveAndRun
-// resolves with (the parity tests among its users); TestMain closes it.
-var shared struct {
-	once sync.Once
-	view *consul.CatalogView
-}
-
-func sharedView(t *testing.T) *consul.CatalogView {
-	t.Helper()
-	shared.once.Do(func() {
-		c, err := consul.New(consul.Config{Address: testenv.Cluster(t).Agent("web-1").HTTPAddr()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		shared.view = consul.NewCatalogView(c, consul.ViewConfig{})
-	})
-	if shared.view == nil {
-		t.Fatal("no shared catalog view")
-	}
-	return shared.view
-}
-
-func closeSharedView() {
-	if shared.view != nil {
-		shared.view.Close()
-	}
-}
-
 // readsCounter counts the requests that are not blocking queries: direct
 // catalog reads, and a view's first round.
 type readsCounter struct{ n atomic.Int64 }

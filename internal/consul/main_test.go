@@ -46,7 +46,6 @@ func TestMain(m *testing.M) {
 		clients = append(clients, localconsul.AgentConfig{Name: n, Services: []localconsul.Service{{Name: "long"}}})
 	}
 	code := testenv.Run(m, testenv.Options{Consul: &localconsul.Config{Clients: clients}})
-	closeSharedView()
 	stopACLCluster() // started by the first ACL test, if any ran
 	os.Exit(code)
 }
@@ -96,11 +95,14 @@ func (b *bundle) spec(argv ...string) consul.Spec {
 	return consul.Spec{Argv: argv, Prefix: b.prefix}
 }
 
-// resolveAndRun resolves spec's targets with the package's catalog view,
-// as a submission does, and runs it with a collector.
+// resolveAndRun resolves spec's targets with a catalog view of the
+// bundle's client (its agent, its token), as a submission does, and runs
+// it with a collector.
 func (b *bundle) resolveAndRun(t *testing.T, ctx context.Context, spec consul.Spec) (*consul.Result, *collector) {
 	t.Helper()
-	targets, info, err := sharedView(t).Resolve(ctx, spec)
+	view := consul.NewCatalogView(b.client, consul.ViewConfig{})
+	defer view.Close()
+	targets, info, err := view.Resolve(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
 	}

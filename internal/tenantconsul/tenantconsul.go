@@ -23,6 +23,8 @@ type Clients struct {
 	viewCfg consul.ViewConfig
 	mu      sync.Mutex
 	byKey   map[int64]*cachedClient
+	// swept is when View last looked for idle views.
+	swept time.Time
 }
 
 type cachedClient struct {
@@ -81,10 +83,13 @@ func (c *Clients) View(t store.Tenant, mod func(*consul.Config)) (*consul.Catalo
 	if cc.view == nil {
 		cc.view = consul.NewCatalogView(cc.client, c.viewCfg)
 	}
-	for id, other := range c.byKey {
-		if other.view != nil && id != t.ID && now.Sub(time.Unix(0, other.used.Load())) > ViewIdleTimeout {
-			other.view.Close()
-			other.view = nil
+	if now.Sub(c.swept) > time.Minute {
+		c.swept = now
+		for id, other := range c.byKey {
+			if other.view != nil && id != t.ID && now.Sub(time.Unix(0, other.used.Load())) > ViewIdleTimeout {
+				other.view.Close()
+				other.view = nil
+			}
 		}
 	}
 	return cc.view, nil
