@@ -187,6 +187,7 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 		if err != nil {
 			return err
 		}
+		defer svc.Close() // its tenants' catalog views
 		wg.Add(1)
 		go func() { defer wg.Done(); reloadOnHUP(nctx, st, log, o.policy) }()
 		rctx, cancelRuns := context.WithCancel(nctx)

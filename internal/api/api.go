@@ -344,6 +344,7 @@ func (s *server) submit(w http.ResponseWriter, r *http.Request, c service.Caller
 	}
 	out := runJSON(res.Run)
 	out.Targets = res.Targets
+	out.CatalogReason = res.Catalog.Reason
 	if res.DryRun {
 		out.State = "dry_run"
 		writeJSON(w, http.StatusOK, out)

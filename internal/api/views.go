@@ -48,6 +48,14 @@ type Run struct {
 	TargetCount       int           `json:"target_count"`
 	Targets           []consul.Node `json:"targets,omitempty"`
 	Nodes             []Node        `json:"nodes,omitempty"`
+
+	// CatalogIndex is the Raft index of the Consul catalog the targets
+	// were resolved at; CatalogSource is "view" (the tenant's catalog
+	// view) or "direct" (read for this run, the view being unusable), and
+	// CatalogReason why, in the answer to a submission.
+	CatalogIndex  uint64 `json:"catalog_index,omitempty"`
+	CatalogSource string `json:"catalog_source,omitempty"`
+	CatalogReason string `json:"catalog_reason,omitempty"`
 }
 
 // Policy is a policy decision as the API shows it.
@@ -127,6 +135,7 @@ func runJSON(r store.Run) Run {
 		Outcome: r.Outcome, Error: r.Error,
 		StartBy: r.StartBy, FiringAt: r.FiringAt, CancelRequested: r.CancelRequested, Recoveries: r.Recoveries,
 		RequestHash: r.RequestHash, ApprovalExpiresAt: r.ApprovalExpiresAt,
+		CatalogIndex: r.CatalogIndex, CatalogSource: r.CatalogSource,
 	}
 	if r.Policy.Outcome != "" {
 		out.Policy = &Policy{Outcome: r.Policy.Outcome, Reasons: r.Policy.Reasons, Revision: r.Policy.Revision,

@@ -95,12 +95,19 @@ func (b *bundle) spec(argv ...string) consul.Spec {
 	return consul.Spec{Argv: argv, Prefix: b.prefix}
 }
 
-// resolveAndRun resolves spec's targets and runs it with a collector.
+// resolveAndRun resolves spec's targets with a catalog view of the
+// bundle's client (its agent, its token), as a submission does, and runs
+// it with a collector.
 func (b *bundle) resolveAndRun(t *testing.T, ctx context.Context, spec consul.Spec) (*consul.Result, *collector) {
 	t.Helper()
-	targets, err := b.client.Resolve(ctx, spec)
+	view := consul.NewCatalogView(b.client, consul.ViewConfig{})
+	defer view.Close()
+	targets, info, err := view.Resolve(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if info.Source != consul.SourceView {
+		t.Errorf("targets resolved by a direct read: %s", info.Reason)
 	}
 	col := &collector{}
 	res, err := b.client.Run(ctx, spec, targets, col.handle)

@@ -99,6 +99,9 @@ type Config struct {
 	Policy *policy.Engine
 	// AuditLog serves the tenants' transparency logs (required).
 	AuditLog *auditlog.Log
+	// CatalogView configures the tenants' catalog views, which resolve
+	// targets. Default: consul's defaults (consul.ViewConfig).
+	CatalogView consul.ViewConfig
 }
 
 // New returns a Service.
@@ -109,7 +112,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Service{store: cfg.Store, river: cfg.River, log: cfg.Logger, clients: tenantconsul.NewClients(cfg.ConsulConfig), policy: cfg.Policy, auditLog: cfg.AuditLog}, nil
+	clients := tenantconsul.NewClients(cfg.ConsulConfig)
+	clients.SetViewConfig(cfg.CatalogView)
+	return &Service{store: cfg.Store, river: cfg.River, log: cfg.Logger, clients: clients, policy: cfg.Policy, auditLog: cfg.AuditLog}, nil
 }
 
 // Authenticate resolves a bearer token.
@@ -160,11 +165,22 @@ type Submitted struct {
 	DryRun  bool
 	// Decision is the policy's decision on the submission.
 	Decision policy.Decision
+	// Catalog says where the targets came from: the catalog index (also
+	// in Run), and whether the tenant's catalog view served them or a
+	// direct read did, and why.
+	Catalog consul.ResolveInfo
 }
 
 func (s *Service) consulClient(t store.Tenant) (*consul.Client, error) {
-	return s.clients.Get(t, func(c *consul.Config) { c.Logger = s.log })
+	return s.clients.Get(t, s.withLogger)
 }
+
+// withLogger gives a tenant's engine configuration the service's logger.
+func (s *Service) withLogger(c *consul.Config) { c.Logger = s.log }
+
+// Close stops the tenants' catalog views. Submissions after it still
+// work, each starting its tenant's view again.
+func (s *Service) Close() { s.clients.Close() }
 
 // Submit validates sub, resolves its frozen target set with the tenant's
 // token, checks the token's Consul ACLs and asks the policy, and stores the
@@ -201,7 +217,13 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 		}
 		return Submitted{}, denial(policy.ActionExecSubmit, policy.Decision{Outcome: policy.Deny, Reasons: reasons})
 	}
-	targets, err := client.Resolve(ctx, spec)
+	// Targets from the tenant's catalog view: no request to Consul while
+	// the view is healthy; a direct read, reported, when it is not.
+	view, err := s.clients.View(c.Tenant, s.withLogger)
+	if err != nil {
+		return Submitted{}, errorf(ErrInvalid, "tenant's Consul configuration: %v", err)
+	}
+	targets, info, err := view.Resolve(ctx, spec)
 	if err != nil {
 		return Submitted{}, resolveError(err)
 	}
@@ -227,6 +249,7 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 		NodeFilter: sub.NodeFilter, ServiceFilter: sub.ServiceFilter, TagFilter: sub.TagFilter,
 		Prefix: spec.Prefix, Wait: spec.Wait, WaitRepl: spec.WaitRepl, Timeout: sub.Timeout,
 		Reason: sub.Reason, OutputCap: c.Tenant.OutputCap, Targets: targetJSON,
+		CatalogIndex: info.Index, CatalogSource: info.Source,
 		StartTimeout: cmp.Or(sub.StartTimeout, c.Tenant.StartTimeout, store.StartTimeoutDefault),
 	}
 	run.StartBy = time.Now().Add(run.StartTimeout)
@@ -251,7 +274,7 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 			// A principal the policy refuses learns why, not the catalog.
 			run.Targets, targets = nil, nil
 		}
-		return Submitted{Run: run, Targets: targets, DryRun: true, Decision: d}, nil
+		return Submitted{Run: run, Targets: targets, DryRun: true, Decision: d, Catalog: info}, nil
 	}
 	if d.Outcome == policy.Deny {
 		// Nothing is stored but the audited refusal.
@@ -270,6 +293,10 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 		submitted["targets"], submitted["submitted_by"] = names, c.Principal.Name
 		submitted["start_timeout"], submitted["start_by"] = run.StartTimeout.String(), run.StartBy
 		submitted["request_hash"], submitted["preflight"] = run.RequestHash, pfRaw
+		submitted["catalog_index"], submitted["catalog_source"] = info.Index, info.Source
+		if info.Reason != "" {
+			submitted["catalog_reason"] = info.Reason
+		}
 		err = audit.Record(ctx, tx, c.event(run.ID, audit.RunSubmitted, submitted),
 			c.event(run.ID, audit.PolicyDecided, decisionAudit(policy.ActionExecSubmit, d)))
 		if err != nil {
@@ -287,7 +314,7 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 	if err != nil {
 		return Submitted{}, fmt.Errorf("store run: %w", err)
 	}
-	return Submitted{Run: run, Targets: targets, Decision: d}, nil
+	return Submitted{Run: run, Targets: targets, Decision: d, Catalog: info}, nil
 }
 
 // auditRefusal records a refused submission: the one trace it leaves.

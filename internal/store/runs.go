@@ -91,6 +91,13 @@ type Run struct {
 	StartedAt  *time.Time
 	FiredAt    *time.Time
 	FinishedAt *time.Time
+
+	// CatalogIndex is the Raft index of the Consul catalog the targets
+	// were resolved at, and CatalogSource where that catalog came from:
+	// "view" (the tenant's catalog view) or "direct" (read for this run).
+	// 0 and "" for runs stored before they were recorded.
+	CatalogIndex  uint64
+	CatalogSource string
 }
 
 const runColumns = `r.id, r.tenant_id, r.submitted_by, p.name, r.state, r.argv, r.script, r.shell,
@@ -98,17 +105,18 @@ const runColumns = `r.id, r.tenant_id, r.submitted_by, p.name, r.state, r.argv, 
 	r.reason, r.output_cap, r.targets, coalesce(r.session, ''), r.firing_at, r.start_by, r.cancel_requested_at IS NOT NULL, r.recoveries, coalesce(r.outcome, ''), coalesce(r.error, ''),
 	r.created_at, r.started_at, r.fired_at, r.finished_at, r.start_timeout_ms, r.request_hash,
 	r.policy_outcome, r.policy_reasons, r.policy_revision, r.approvals_required, r.approver_roles,
-	r.approval_expires_at, r.preflight`
+	r.approval_expires_at, r.preflight, coalesce(r.catalog_index, 0), coalesce(r.catalog_source, '')`
 
 func scanRun(row interface{ Scan(...any) error }) (Run, error) {
 	var r Run
-	var wait, waitRepl, timeout, startTimeout int64
+	var wait, waitRepl, timeout, startTimeout, catalogIndex int64
 	err := row.Scan(&r.ID, &r.TenantID, &r.SubmittedBy, &r.SubmitterName, &r.State, &r.Argv, &r.Script, &r.Shell,
 		&r.NodeFilter, &r.ServiceFilter, &r.TagFilter, &r.Prefix, &wait, &waitRepl, &timeout,
 		&r.Reason, &r.OutputCap, &r.Targets, &r.Session, &r.FiringAt, &r.StartBy, &r.CancelRequested, &r.Recoveries, &r.Outcome, &r.Error,
 		&r.CreatedAt, &r.StartedAt, &r.FiredAt, &r.FinishedAt, &startTimeout, &r.RequestHash,
 		&r.Policy.Outcome, &r.Policy.Reasons, &r.Policy.Revision, &r.Policy.Approvals, &r.Policy.ApproverRoles,
-		&r.ApprovalExpiresAt, &r.Preflight)
+		&r.ApprovalExpiresAt, &r.Preflight, &catalogIndex, &r.CatalogSource)
+	r.CatalogIndex = uint64(catalogIndex)
 	r.Wait, r.WaitRepl, r.Timeout = time.Duration(wait)*time.Millisecond, time.Duration(waitRepl)*time.Millisecond, time.Duration(timeout)*time.Millisecond
 	r.StartTimeout = time.Duration(startTimeout) * time.Millisecond
 	return r, err
@@ -118,9 +126,10 @@ const queryInsertRun = `
 INSERT INTO runs (tenant_id, submitted_by, state, argv, script, shell, node_filter, service_filter, tag_filter,
 	prefix, wait_ms, wait_repl_ms, timeout_ms, reason, output_cap, targets, start_by, start_timeout_ms,
 	request_hash, policy_outcome, policy_reasons, policy_revision, approvals_required, approver_roles,
-	approval_expires_at, preflight)
+	approval_expires_at, preflight, catalog_index, catalog_source)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, now() + $17 * interval '1 millisecond', $17,
-	$18, $19, $20, $21, $22, $23, CASE WHEN $3 = 'pending_approval' THEN now() + $24 * interval '1 millisecond' END, $25)
+	$18, $19, $20, $21, $22, $23, CASE WHEN $3 = 'pending_approval' THEN now() + $24 * interval '1 millisecond' END, $25,
+	nullif($26::bigint, 0), nullif($27, ''))
 RETURNING id`
 
 const queryInsertRunNode = `INSERT INTO run_nodes (run_id, node) SELECT $1, unnest($2::text[])`
@@ -145,7 +154,8 @@ func (q *Queries) InsertRun(ctx context.Context, r Run, nodes []string) (Run, er
 		r.NodeFilter, r.ServiceFilter, r.TagFilter, r.Prefix, r.Wait.Milliseconds(), r.WaitRepl.Milliseconds(),
 		r.Timeout.Milliseconds(), r.Reason, r.OutputCap, r.Targets, cmp.Or(r.StartTimeout, StartTimeoutDefault).Milliseconds(),
 		RequestHash(r), cmp.Or(r.Policy.Outcome, PolicyAllow), nonNil(r.Policy.Reasons), r.Policy.Revision, r.Policy.Approvals,
-		nonNil(r.Policy.ApproverRoles), cmp.Or(r.ApprovalTTL, ApprovalTTLDefault).Milliseconds(), jsonObject(r.Preflight)).Scan(&r.ID)
+		nonNil(r.Policy.ApproverRoles), cmp.Or(r.ApprovalTTL, ApprovalTTLDefault).Milliseconds(), jsonObject(r.Preflight),
+		int64(r.CatalogIndex), r.CatalogSource).Scan(&r.ID)
 	if err != nil {
 		return Run{}, fmt.Errorf("insert run: %w", err)
 	}
