@@ -188,6 +188,7 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 			return err
 		}
 		defer svc.Close() // its tenants' catalog views
+		mtr.SetCatalogViews(svc.CatalogViewAges)
 		wg.Add(1)
 		go func() { defer wg.Done(); reloadOnHUP(nctx, st, log, o.policy) }()
 		rctx, cancelRuns := context.WithCancel(nctx)

@@ -237,11 +237,18 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("API's -metrics-listen: %s count = %v, want 3", metrics.NameSubmit, v)
 	}
 
+	// The API resolved the submissions through the tenant's catalog view,
+	// which has heard from Consul within its staleness bound; a worker
+	// keeps no view.
+	if mf := api[metrics.NameCatalogViewAge]; mf == nil || len(mf.GetMetric()) != 1 || mf.GetMetric()[0].GetGauge().GetValue() > 40 {
+		t.Errorf("API: %s = %v, want one tenant's view, heard from within 40s", metrics.NameCatalogViewAge, mf)
+	}
+
 	// Every name of the catalogue is in both processes' scrapes, but for
-	// those that are absent by design: catalog views (none kept yet), an
-	// audit log with nothing waiting, the API's own in a worker.
-	absent := map[string]bool{metrics.NameCatalogViewAge: true, metrics.NameAuditUnloggedAge: true}
+	// those that are absent by design: an audit log with nothing waiting,
+	// catalog views and the API's own in a worker.
 	for process, s := range map[string]scrape{"API": api, "worker": w} {
+		absent := map[string]bool{metrics.NameAuditUnloggedAge: true, metrics.NameCatalogViewAge: process == "worker"}
 		names := slices.Clone(metrics.Names)
 		if process == "API" {
 			names = append(names, "rexec_http_requests_total", "rexec_http_request_seconds", "rexec_http_in_flight")

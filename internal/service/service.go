@@ -182,6 +182,12 @@ func (s *Service) withLogger(c *consul.Config) { c.Logger = s.log }
 // work, each starting its tenant's view again.
 func (s *Service) Close() { s.clients.Close() }
 
+// CatalogViewAges reports the age of each tenant's catalog view (for the
+// rexec_catalog_view_age_seconds metric); it does no I/O.
+func (s *Service) CatalogViewAges(report func(tenant string, age time.Duration)) {
+	s.clients.ViewAges(report)
+}
+
 // Submit validates sub, resolves its frozen target set with the tenant's
 // token, checks the token's Consul ACLs and asks the policy, and stores the
 // run — queued with its River job, or pending approval — with its audit

@@ -28,6 +28,7 @@ type Clients struct {
 }
 
 type cachedClient struct {
+	tenant string // the tenant's name, for the catalog view's metric
 	cfg    consul.Config
 	client *consul.Client
 	// view is the tenant's catalog view, once a submission asked for it;
@@ -118,9 +119,22 @@ func (c *Clients) get(t store.Tenant, mod func(*consul.Config)) (*cachedClient, 
 		// the tenant no longer has.
 		old.view.Close()
 	}
-	cc := &cachedClient{cfg: cfg, client: client}
+	cc := &cachedClient{tenant: t.Name, cfg: cfg, client: client}
 	c.byKey[t.ID] = cc
 	return cc, nil
+}
+
+// ViewAges reports the age of every running catalog view (the time since
+// its last successful contact with Consul), by tenant name. It does no
+// I/O: the metrics call it at every scrape.
+func (c *Clients) ViewAges(report func(tenant string, age time.Duration)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, cc := range c.byKey {
+		if cc.view != nil {
+			report(cc.tenant, cc.view.Age())
+		}
+	}
 }
 
 // Close stops every catalog view. Clients stay usable.
