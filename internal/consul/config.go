@@ -177,14 +177,26 @@ func New(cfg Config) (*Client, error) {
 		// on one the caller may share between clients.
 		hc := *cfg.HTTPClient
 		ac.HttpClient = &hc
+	} else {
+		// Made here, with exactly this TLS configuration: api.NewClient
+		// would fill empty TLS fields from CONSUL_CACERT,
+		// CONSUL_HTTP_SSL_VERIFY and the like.
+		hc, err := api.NewHttpClient(ac.Transport, ac.TLSConfig)
+		if err != nil {
+			return nil, fmt.Errorf("consul client: %w", err)
+		}
+		ac.HttpClient = hc
 	}
 	client, err := api.NewClient(ac)
 	if err != nil {
 		return nil, fmt.Errorf("consul client: %w", err)
 	}
-	// Wrapped once api.NewClient has set TLS up on the transport it made
-	// (it needs an *http.Transport); the api client keeps this pointer.
-	ac.HttpClient.Transport = cfg.Metrics.ConsulTransport(ac.HttpClient.Transport)
+	// api.NewClient still takes the token (CONSUL_HTTP_TOKEN,
+	// CONSUL_HTTP_TOKEN_FILE) and namespace from the environment when the
+	// configuration has none: the transport puts back what the tenant's
+	// configuration says, so that a tenant without a token never speaks
+	// with the service's. The api client keeps this pointer.
+	ac.HttpClient.Transport = cfg.Metrics.ConsulTransport(pinnedIdentity{token: cfg.Token, next: ac.HttpClient.Transport})
 	// api.NewClient completed ac: its HTTP client, scheme, address and
 	// path prefix are the ones every consul/api request uses.
 	base := url.URL{Scheme: ac.Scheme, Host: ac.Address, Path: ac.PathPrefix}
@@ -193,3 +205,30 @@ func New(cfg Config) (*Client, error) {
 
 // API returns the underlying consul/api client.
 func (c *Client) API() *api.Client { return c.api }
+
+// pinnedIdentity sends every request with exactly the configured token
+// (none when empty) and no namespace or partition, whatever consul/api took
+// from the process environment.
+type pinnedIdentity struct {
+	token string
+	next  http.RoundTripper
+}
+
+func (p pinnedIdentity) RoundTrip(req *http.Request) (*http.Response, error) {
+	q := req.URL.Query()
+	if req.Header.Get("X-Consul-Token") == p.token && req.Header.Get("Authorization") == "" && !q.Has("ns") && !q.Has("partition") {
+		return p.next.RoundTrip(req)
+	}
+	r := req.Clone(req.Context())
+	r.Header.Del("Authorization")
+	r.Header.Del("X-Consul-Token")
+	if p.token != "" {
+		r.Header.Set("X-Consul-Token", p.token)
+	}
+	if q.Has("ns") || q.Has("partition") {
+		q.Del("ns")
+		q.Del("partition")
+		r.URL.RawQuery = q.Encode()
+	}
+	return p.next.RoundTrip(r)
+}
