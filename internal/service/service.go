@@ -260,28 +260,27 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 		}
 		return Submitted{}, denial(policy.ActionExecSubmit, d)
 	}
-	err = s.store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
-		stored, err := q.InsertRun(ctx, run, names)
-		if err != nil {
-			return err
-		}
-		run = stored
+	// One round trip begins the transaction and stores the run, its
+	// nodes and its audit events (its ID and times are chosen here, so
+	// nothing is read back); River's insert follows in the same
+	// transaction.
+	err = s.store.InBatchTx(ctx, func(b *pgx.Batch) error {
+		run = store.QueueInsertRun(b, run, names, time.Now())
 		submitted := requestAudit(sub, spec)
 		submitted["targets"], submitted["submitted_by"] = names, c.Principal.Name
 		submitted["start_timeout"], submitted["start_by"] = run.StartTimeout.String(), run.StartBy
 		submitted["request_hash"], submitted["preflight"] = run.RequestHash, pfRaw
-		err = audit.Record(ctx, tx, c.event(run.ID, audit.RunSubmitted, submitted),
-			c.event(run.ID, audit.PolicyDecided, decisionAudit(policy.ActionExecSubmit, d)))
-		if err != nil {
-			return err
+		events := []audit.Event{c.event(run.ID, audit.RunSubmitted, submitted),
+			c.event(run.ID, audit.PolicyDecided, decisionAudit(policy.ActionExecSubmit, d))}
+		if run.State == store.StateQueued {
+			events = append(events, c.event(run.ID, audit.RunQueued, map[string]any{"approvals": 0, "required": 0}))
 		}
+		return audit.Queue(b, events...)
+	}, func(tx pgx.Tx, _ *store.Queries) error {
 		if run.State == store.StatePendingApproval {
 			return s.requestApproval(ctx, tx, c, run)
 		}
-		if err := audit.Record(ctx, tx, c.event(run.ID, audit.RunQueued, map[string]any{"approvals": 0, "required": 0})); err != nil {
-			return err
-		}
-		_, err = s.river.InsertTx(ctx, tx, jobs.ExecArgs{RunID: run.ID}, nil)
+		_, err := s.river.InsertTx(ctx, tx, jobs.ExecArgs{RunID: run.ID}, nil)
 		return err
 	})
 	if err != nil {
