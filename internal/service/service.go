@@ -84,6 +84,7 @@ type Service struct {
 	clients    *tenantconsul.Clients
 	policy     *policy.Engine
 	preflights preflightCache
+	tokens     *tokenCache
 	auditLog   *auditlog.Log
 }
 
@@ -109,19 +110,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Service{store: cfg.Store, river: cfg.River, log: cfg.Logger, clients: tenantconsul.NewClients(cfg.ConsulConfig), policy: cfg.Policy, auditLog: cfg.AuditLog}, nil
-}
-
-// Authenticate resolves a bearer token.
-func (s *Service) Authenticate(ctx context.Context, token string) (Caller, error) {
-	p, t, err := s.store.Authenticate(ctx, token)
-	if errors.Is(err, store.ErrNotFound) {
-		return Caller{}, errorf(ErrForbidden, "invalid or revoked token")
-	}
-	if err != nil {
-		return Caller{}, err
-	}
-	return Caller{Principal: p, Tenant: t}, nil
+	return &Service{store: cfg.Store, river: cfg.River, log: cfg.Logger, clients: tenantconsul.NewClients(cfg.ConsulConfig), policy: cfg.Policy, auditLog: cfg.AuditLog, tokens: newTokenCache()}, nil
 }
 
 // Submission is a run request.
