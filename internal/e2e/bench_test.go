@@ -84,12 +84,17 @@ func envInt(b *testing.B, name string, def int) int {
 // on every agent, tagged with the agent's name and the number's parity).
 // The package's cluster has five services; this is closer to the catalogs
 // that target resolution meets, where services run on several nodes.
+// Consul's bound of 200 HTTP connections per client address is raised: one
+// rexec-svc talks to the tenant's agent from one address, and at a hundred
+// runs a second its sessions, watches and submissions pass that bound,
+// which is Consul's protection, not what the benchmarks measure.
 func benchCluster(b *testing.B) *localconsul.Cluster {
 	b.Helper()
 	perAgent := max(1, envInt(b, benchServicesEnv, 100)/benchAgents)
 	clients := make([]localconsul.AgentConfig, benchAgents)
 	for i := range clients {
 		clients[i].Name = fmt.Sprintf("bench-%d", i+1)
+		clients[i].ExtraHCL = "limits { http_max_conns_per_client = 5000 }\n"
 		for s := range perAgent {
 			clients[i].Services = append(clients[i].Services, localconsul.Service{Name: fmt.Sprintf("svc-%02d", s),
 				Tags: []string{clients[i].Name, []string{"even", "odd"}[s%2]}})
@@ -193,67 +198,71 @@ func BenchmarkSubmit(b *testing.B) {
 // starting the run (queue pickup) and to the event being fired (which
 // includes wait-repl, 200ms by default), median and p99, for b.N runs
 // submitted at a steady REXEC_BENCH_RATE (100) per second to one rexec-svc
-// with workers. Each run targets one node with a command that exits at
-// once; the figures are read from the runs' created_at, started_at and
+// with workers, on the cluster of BenchmarkSubmit. Each run targets one
+// node with a command that exits at once; the figures are read from the runs' created_at, started_at and
 // fired_at.
 //
 //	go test ./internal/e2e -run '^$' -bench QueuePickup -benchtime 1000x
 func BenchmarkQueuePickup(b *testing.B) {
 	// Enough workers that runs in flight (each lasts about wait-repl plus
 	// the exec) never wait for a free one: pickup, not saturation.
-	e := newEnv(b, envOpts{workers: 100})
+	e := newEnv(b, envOpts{workers: 100, cluster: benchCluster(b), tenantAgent: "bench-1"})
 	c, err := client.New(e.addr, e.token)
 	if err != nil {
 		b.Fatal(err)
 	}
-	ctx := context.Background()
 	rate := envInt(b, benchRateEnv, 100)
-	ids := make([]string, b.N)
-	errs := make(chan error, b.N)
-	var wg sync.WaitGroup
-	tick := time.NewTicker(time.Second / time.Duration(rate))
-	defer tick.Stop()
-	b.ResetTimer()
-	for i := range b.N {
-		<-tick.C
-		wg.Go(func() {
-			r, err := c.Submit(ctx, api.SubmitRequest{Argv: []string{"true"}, Node: "^web-1$"})
-			if err != nil {
-				errs <- err
-				return
-			}
-			ids[i] = r.ID
-		})
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
-		b.Fatal(err)
-	}
-	var pickup, fired []time.Duration
-	for _, id := range ids {
-		for {
-			p, err := c.Stream(ctx, id, 0, 10*time.Second)
-			if err != nil {
-				b.Fatalf("run %s: %v", id, err)
-			}
-			if p.Done {
-				break
-			}
+	// A sub-benchmark, so that the cluster and the server above are set
+	// up once, not again for each b.N the framework tries.
+	b.Run(fmt.Sprintf("%d/s", rate), func(b *testing.B) {
+		ctx := context.Background()
+		ids := make([]string, b.N)
+		errs := make(chan error, b.N)
+		var wg sync.WaitGroup
+		tick := time.NewTicker(time.Second / time.Duration(rate))
+		defer tick.Stop()
+		b.ResetTimer()
+		for i := range b.N {
+			<-tick.C
+			wg.Go(func() {
+				r, err := c.Submit(ctx, api.SubmitRequest{Argv: []string{"true"}, Node: "^bench-2$"})
+				if err != nil {
+					errs <- err
+					return
+				}
+				ids[i] = r.ID
+			})
 		}
-		r, err := c.Get(ctx, id)
-		if err != nil || r.StartedAt == nil || r.FiredAt == nil {
-			b.Fatalf("run %s: %v %+v", id, err, r)
+		wg.Wait()
+		close(errs)
+		if err := <-errs; err != nil {
+			b.Fatalf("%d submissions failed, the first: %v", len(errs)+1, err)
 		}
-		pickup = append(pickup, r.StartedAt.Sub(r.CreatedAt))
-		fired = append(fired, r.FiredAt.Sub(r.CreatedAt))
-	}
-	b.StopTimer()
-	b.ReportMetric(0, "ns/op")
-	b.ReportMetric(ms(percentile(pickup, 50)), "pickup-p50-ms")
-	b.ReportMetric(ms(percentile(pickup, 99)), "pickup-p99-ms")
-	b.ReportMetric(ms(percentile(fired, 50)), "fired-p50-ms")
-	b.ReportMetric(ms(percentile(fired, 99)), "fired-p99-ms")
+		var pickup, fired []time.Duration
+		for _, id := range ids {
+			for {
+				p, err := c.Stream(ctx, id, 0, 10*time.Second)
+				if err != nil {
+					b.Fatalf("run %s: %v", id, err)
+				}
+				if p.Done {
+					break
+				}
+			}
+			r, err := c.Get(ctx, id)
+			if err != nil || r.StartedAt == nil || r.FiredAt == nil {
+				b.Fatalf("run %s: %v %+v", id, err, r)
+			}
+			pickup = append(pickup, r.StartedAt.Sub(r.CreatedAt))
+			fired = append(fired, r.FiredAt.Sub(r.CreatedAt))
+		}
+		b.StopTimer()
+		b.ReportMetric(0, "ns/op")
+		b.ReportMetric(ms(percentile(pickup, 50)), "pickup-p50-ms")
+		b.ReportMetric(ms(percentile(pickup, 99)), "pickup-p99-ms")
+		b.ReportMetric(ms(percentile(fired, 50)), "fired-p50-ms")
+		b.ReportMetric(ms(percentile(fired, 99)), "fired-p99-ms")
+	})
 }
 
 // childCPU returns the CPU time (user and system) used so far by this
