@@ -27,6 +27,7 @@ import (
 	"github.com/rexec/rexec/internal/policy"
 	"github.com/rexec/rexec/internal/store"
 	"github.com/rexec/rexec/internal/tenantconsul"
+	"github.com/rexec/rexec/internal/webhook"
 )
 
 // Error kinds the API maps to statuses.
@@ -261,13 +262,15 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 		submitted["request_hash"], submitted["preflight"] = run.RequestHash, pfRaw
 		events := []audit.Event{c.event(run.ID, audit.RunSubmitted, submitted),
 			c.event(run.ID, audit.PolicyDecided, decisionAudit(policy.ActionExecSubmit, d))}
-		if run.State == store.StateQueued {
+		if run.State == store.StatePendingApproval {
+			events = append(events, approvalRequested(c, run))
+		} else {
 			events = append(events, c.event(run.ID, audit.RunQueued, map[string]any{"approvals": 0, "required": 0}))
 		}
 		return audit.Queue(b, events...)
 	}, func(tx pgx.Tx, _ *store.Queries) error {
 		if run.State == store.StatePendingApproval {
-			return s.requestApproval(ctx, tx, c, run)
+			return jobs.NotifyApprovers(ctx, s.river, tx, c.Tenant, run, webhook.EventApprovalRequested, "", "", 0)
 		}
 		_, err := s.river.InsertTx(ctx, tx, jobs.ExecArgs{RunID: run.ID}, nil)
 		return err
