@@ -131,7 +131,7 @@ var benchFilters = []struct {
 // reports submissions per second and the latency of one submission, median
 // and p99, for each of benchFilters.
 //
-//	go test ./internal/e2e -run '^$' -bench 'Submit$' -benchtime 3000x
+//	go test ./internal/e2e -run '^$' -bench 'Submit$' -benchtime 1000x
 func BenchmarkSubmit(b *testing.B) {
 	e := newEnv(b, envOpts{workers: -1, cluster: benchCluster(b), tenantAgent: "bench-1"})
 	c, err := client.New(e.addr, e.token)
