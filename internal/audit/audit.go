@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -141,6 +142,34 @@ func Record(ctx context.Context, db Execer, events ...Event) error {
 	if len(events) == 0 {
 		return nil
 	}
+	bodies, err := encode(events)
+	if err != nil {
+		return err
+	}
+	if _, err := db.Exec(ctx, queryRecord, bodies); err != nil {
+		return fmt.Errorf("audit %s: %w", events[0].Type, err)
+	}
+	return nil
+}
+
+// Queue queues on b the statement that appends events, for a caller that
+// sends them with other statements of its transaction in one round trip
+// (store.Store.InBatchTx). The events are the same as Record's.
+func Queue(b *pgx.Batch, events ...Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	bodies, err := encode(events)
+	if err != nil {
+		return err
+	}
+	b.Queue(queryRecord, bodies)
+	return nil
+}
+
+// encode returns the events' bodies, each at the present unless it has a
+// time of its own.
+func encode(events []Event) ([]string, error) {
 	now := time.Now()
 	bodies := make([]string, len(events))
 	for i, e := range events {
@@ -149,12 +178,9 @@ func Record(ctx context.Context, db Execer, events ...Event) error {
 		}
 		b, err := e.Body()
 		if err != nil {
-			return fmt.Errorf("audit %s: %w", e.Type, err)
+			return nil, fmt.Errorf("audit %s: %w", e.Type, err)
 		}
 		bodies[i] = string(b)
 	}
-	if _, err := db.Exec(ctx, queryRecord, bodies); err != nil {
-		return fmt.Errorf("audit %s: %w", events[0].Type, err)
-	}
-	return nil
+	return bodies, nil
 }

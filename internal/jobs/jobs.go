@@ -67,6 +67,8 @@ const (
 	recoveryActor    = "rexec:recovery"
 	maxFinishBackoff = 5 * time.Second
 	requeueListLimit = 10000
+	// fetchCooldown is River's FetchCooldown for every client (NewClient).
+	fetchCooldown = 20 * time.Millisecond
 	// A run taken for recovery is reserved this many lease TTLs, so that
 	// one sweep does not race the next before the new job claims it.
 	recoveryLeaseHoldFactor = 3
@@ -185,6 +187,13 @@ func NewClient(cfg Config) (*river.Client[pgx.Tx], error) {
 		// River's periodic reindex would only fail. Operators may reindex
 		// River's indexes as the owner (README, Database roles).
 		ReindexerIndexNames: []string{},
+		// A job is fetched when its insert's notification arrives, but
+		// River notifies (in the inserting process) and fetches (in the
+		// worker) at most once per FetchCooldown, 100 ms by default: at a
+		// steady stream of submissions most runs waited for the next
+		// one. 20 ms bounds that wait for at most 50 notifications and
+		// fetches a second per process.
+		FetchCooldown: fetchCooldown,
 	}
 	if cfg.Workers > 0 {
 		workers := river.NewWorkers()

@@ -18,16 +18,13 @@ import (
 // MaxComment bounds an approver's comment.
 const MaxComment = 4096
 
-// requestApproval records, in the submission's transaction, that run waits
-// for approval.
-func (s *Service) requestApproval(ctx context.Context, tx pgx.Tx, c Caller, run store.Run) error {
-	err := audit.Record(ctx, tx, c.event(run.ID, audit.ApprovalRequested, map[string]any{"given": 0, "required": run.Policy.Approvals,
+// approvalRequested is the audit event of a submission that waits for
+// approval: it goes into the submission's transaction with the others
+// (Submit), followed by the approvers' notice (jobs.NotifyApprovers).
+func approvalRequested(c Caller, run store.Run) audit.Event {
+	return c.event(run.ID, audit.ApprovalRequested, map[string]any{"given": 0, "required": run.Policy.Approvals,
 		"approver_roles": run.Policy.ApproverRoles, "reasons": run.Policy.Reasons, "expires_at": run.ApprovalExpiresAt,
-		"request_hash": run.RequestHash}))
-	if err != nil {
-		return err
-	}
-	return jobs.NotifyApprovers(ctx, s.river, tx, c.Tenant, run, webhook.EventApprovalRequested, "", "", 0)
+		"request_hash": run.RequestHash})
 }
 
 // Verdict is an approver's answer to a run pending approval.

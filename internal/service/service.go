@@ -27,6 +27,7 @@ import (
 	"github.com/rexec/rexec/internal/policy"
 	"github.com/rexec/rexec/internal/store"
 	"github.com/rexec/rexec/internal/tenantconsul"
+	"github.com/rexec/rexec/internal/webhook"
 )
 
 // Error kinds the API maps to statuses.
@@ -84,6 +85,7 @@ type Service struct {
 	clients    *tenantconsul.Clients
 	policy     *policy.Engine
 	preflights preflightCache
+	tokens     *tokenCache
 	auditLog   *auditlog.Log
 }
 
@@ -114,19 +116,7 @@ func New(cfg Config) (*Service, error) {
 	}
 	clients := tenantconsul.NewClients(cfg.ConsulConfig)
 	clients.SetViewConfig(cfg.CatalogView)
-	return &Service{store: cfg.Store, river: cfg.River, log: cfg.Logger, clients: clients, policy: cfg.Policy, auditLog: cfg.AuditLog}, nil
-}
-
-// Authenticate resolves a bearer token.
-func (s *Service) Authenticate(ctx context.Context, token string) (Caller, error) {
-	p, t, err := s.store.Authenticate(ctx, token)
-	if errors.Is(err, store.ErrNotFound) {
-		return Caller{}, errorf(ErrForbidden, "invalid or revoked token")
-	}
-	if err != nil {
-		return Caller{}, err
-	}
-	return Caller{Principal: p, Tenant: t}, nil
+	return &Service{store: cfg.Store, river: cfg.River, log: cfg.Logger, clients: clients, policy: cfg.Policy, auditLog: cfg.AuditLog, tokens: newTokenCache()}, nil
 }
 
 // Submission is a run request.
@@ -289,12 +279,12 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 		}
 		return Submitted{}, denial(policy.ActionExecSubmit, d)
 	}
-	err = s.store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
-		stored, err := q.InsertRun(ctx, run, names)
-		if err != nil {
-			return err
-		}
-		run = stored
+	// One round trip begins the transaction and stores the run, its
+	// nodes and its audit events (its ID and times are chosen here, so
+	// nothing is read back); River's insert follows in the same
+	// transaction.
+	err = s.store.InBatchTx(ctx, func(b *pgx.Batch) error {
+		run = store.QueueInsertRun(b, run, names, time.Now())
 		submitted := requestAudit(sub, spec)
 		submitted["targets"], submitted["submitted_by"] = names, c.Principal.Name
 		submitted["start_timeout"], submitted["start_by"] = run.StartTimeout.String(), run.StartBy
@@ -303,18 +293,19 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 		if info.Reason != "" {
 			submitted["catalog_reason"] = info.Reason
 		}
-		err = audit.Record(ctx, tx, c.event(run.ID, audit.RunSubmitted, submitted),
-			c.event(run.ID, audit.PolicyDecided, decisionAudit(policy.ActionExecSubmit, d)))
-		if err != nil {
-			return err
-		}
+		events := []audit.Event{c.event(run.ID, audit.RunSubmitted, submitted),
+			c.event(run.ID, audit.PolicyDecided, decisionAudit(policy.ActionExecSubmit, d))}
 		if run.State == store.StatePendingApproval {
-			return s.requestApproval(ctx, tx, c, run)
+			events = append(events, approvalRequested(c, run))
+		} else {
+			events = append(events, c.event(run.ID, audit.RunQueued, map[string]any{"approvals": 0, "required": 0}))
 		}
-		if err := audit.Record(ctx, tx, c.event(run.ID, audit.RunQueued, map[string]any{"approvals": 0, "required": 0})); err != nil {
-			return err
+		return audit.Queue(b, events...)
+	}, func(tx pgx.Tx, _ *store.Queries) error {
+		if run.State == store.StatePendingApproval {
+			return jobs.NotifyApprovers(ctx, s.river, tx, c.Tenant, run, webhook.EventApprovalRequested, "", "", 0)
 		}
-		_, err = s.river.InsertTx(ctx, tx, jobs.ExecArgs{RunID: run.ID}, nil)
+		_, err := s.river.InsertTx(ctx, tx, jobs.ExecArgs{RunID: run.ID}, nil)
 		return err
 	})
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -122,15 +123,16 @@ func scanRun(row interface{ Scan(...any) error }) (Run, error) {
 	return r, err
 }
 
+// queryInsertRun stores a run with the times and ID its caller chose, so
+// that nothing of it needs reading back (QueueInsertRun).
 const queryInsertRun = `
-INSERT INTO runs (tenant_id, submitted_by, state, argv, script, shell, node_filter, service_filter, tag_filter,
-	prefix, wait_ms, wait_repl_ms, timeout_ms, reason, output_cap, targets, start_by, start_timeout_ms,
+INSERT INTO runs (id, tenant_id, submitted_by, state, argv, script, shell, node_filter, service_filter, tag_filter,
+	prefix, wait_ms, wait_repl_ms, timeout_ms, reason, output_cap, targets, created_at, start_by, start_timeout_ms,
 	request_hash, policy_outcome, policy_reasons, policy_revision, approvals_required, approver_roles,
 	approval_expires_at, preflight, catalog_index, catalog_source)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, now() + $17 * interval '1 millisecond', $17,
-	$18, $19, $20, $21, $22, $23, CASE WHEN $3 = 'pending_approval' THEN now() + $24 * interval '1 millisecond' END, $25,
-	nullif($26::bigint, 0), nullif($27, ''))
-RETURNING id`
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+	$21, $22, $23, $24, $25, $26, $27, $28,
+	nullif($29::bigint, 0), nullif($30, ''))`
 
 const queryInsertRunNode = `INSERT INTO run_nodes (run_id, node) SELECT $1, unnest($2::text[])`
 
@@ -142,27 +144,55 @@ func jsonObject(raw json.RawMessage) json.RawMessage {
 	return raw
 }
 
-// InsertRun stores a new run with one pending row per target node and
-// returns it with its ID.
-func (q *Queries) InsertRun(ctx context.Context, r Run, nodes []string) (Run, error) {
+// QueueInsertRun queues on b the statements that store r, a new run
+// submitted at now, with one pending row per target node, and returns r
+// as they store it: with a new ID, CreatedAt = now, StartBy = now +
+// StartTimeout, ApprovalExpiresAt = now + ApprovalTTL for a run pending
+// approval, defaults filled in, and RequestHash computed unless set.
+//
+// The ID and the times are chosen here rather than by the database so
+// that the caller knows the run before the statements run: its audit
+// events, which name the run and its start bound, go into the same batch,
+// and nothing is read back. The times are the submitting process's clock,
+// as its audit events' are (at microseconds, the database's precision).
+func QueueInsertRun(b *pgx.Batch, r Run, nodes []string, now time.Time) Run {
 	if r.Argv == nil {
 		r.Argv = []string{}
 	}
-	// The hash is of the request as it will be read back.
+	r.ID = uuid.NewString()
 	r.StartTimeout = cmp.Or(r.StartTimeout, StartTimeoutDefault)
-	err := q.db.QueryRow(ctx, queryInsertRun, r.TenantID, r.SubmittedBy, r.State, r.Argv, r.Script, r.Shell,
+	r.Policy.Outcome = cmp.Or(r.Policy.Outcome, PolicyAllow)
+	r.Policy.Reasons, r.Policy.ApproverRoles = nonNil(r.Policy.Reasons), nonNil(r.Policy.ApproverRoles)
+	r.Preflight = jsonObject(r.Preflight)
+	r.CreatedAt = now.Truncate(time.Microsecond)
+	r.StartBy = r.CreatedAt.Add(r.StartTimeout)
+	r.ApprovalExpiresAt = nil
+	if r.State == StatePendingApproval {
+		at := r.CreatedAt.Add(cmp.Or(r.ApprovalTTL, ApprovalTTLDefault))
+		r.ApprovalExpiresAt = &at
+	}
+	// The hash is of the request as it will be read back.
+	if r.RequestHash == "" {
+		r.RequestHash = RequestHash(r)
+	}
+	b.Queue(queryInsertRun, r.ID, r.TenantID, r.SubmittedBy, r.State, r.Argv, r.Script, r.Shell,
 		r.NodeFilter, r.ServiceFilter, r.TagFilter, r.Prefix, r.Wait.Milliseconds(), r.WaitRepl.Milliseconds(),
-		r.Timeout.Milliseconds(), r.Reason, r.OutputCap, r.Targets, cmp.Or(r.StartTimeout, StartTimeoutDefault).Milliseconds(),
-		RequestHash(r), cmp.Or(r.Policy.Outcome, PolicyAllow), nonNil(r.Policy.Reasons), r.Policy.Revision, r.Policy.Approvals,
-		nonNil(r.Policy.ApproverRoles), cmp.Or(r.ApprovalTTL, ApprovalTTLDefault).Milliseconds(), jsonObject(r.Preflight),
-		int64(r.CatalogIndex), r.CatalogSource).Scan(&r.ID)
-	if err != nil {
+		r.Timeout.Milliseconds(), r.Reason, r.OutputCap, r.Targets, r.CreatedAt, r.StartBy, r.StartTimeout.Milliseconds(),
+		r.RequestHash, r.Policy.Outcome, r.Policy.Reasons, r.Policy.Revision, r.Policy.Approvals,
+		r.Policy.ApproverRoles, r.ApprovalExpiresAt, r.Preflight, int64(r.CatalogIndex), r.CatalogSource)
+	b.Queue(queryInsertRunNode, r.ID, nodes)
+	return r
+}
+
+// InsertRun stores a new run with one pending row per target node, in one
+// round trip, and returns it as stored (QueueInsertRun).
+func (q *Queries) InsertRun(ctx context.Context, r Run, nodes []string) (Run, error) {
+	b := &pgx.Batch{}
+	r = QueueInsertRun(b, r, nodes, time.Now())
+	if err := q.db.SendBatch(ctx, b).Close(); err != nil {
 		return Run{}, fmt.Errorf("insert run: %w", err)
 	}
-	if _, err := q.db.Exec(ctx, queryInsertRunNode, r.ID, nodes); err != nil {
-		return Run{}, fmt.Errorf("insert run nodes: %w", err)
-	}
-	return q.GetRun(ctx, r.TenantID, r.ID)
+	return r, nil
 }
 
 const queryGetRun = `SELECT ` + runColumns + ` FROM runs r JOIN principals p ON p.id = r.submitted_by

@@ -39,6 +39,7 @@ type DBTX interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
 // Queries runs the named queries on one DBTX.
@@ -85,6 +86,34 @@ func (s *Store) Close() { s.pool.Close() }
 // otherwise.
 func (s *Store) InTx(ctx context.Context, fn func(tx pgx.Tx, q *Queries) error) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return fn(tx, New(tx)) })
+}
+
+// InBatchTx is InTx for a transaction whose first statements are known
+// before it begins: queue adds them to a batch that travels with the BEGIN
+// in one round trip (pgx.Batch.BeginTx), and then fn, if not nil, runs in
+// the same transaction. It is committed if queue, every statement and fn
+// succeed, and rolled back otherwise: a statement that fails leaves nothing
+// of the batch behind.
+func (s *Store) InBatchTx(ctx context.Context, queue func(b *pgx.Batch) error, fn func(tx pgx.Tx, q *Queries) error) error {
+	b := &pgx.Batch{}
+	b.BeginTx(pgx.TxOptions{})
+	if err := queue(b); err != nil {
+		return err
+	}
+	br := s.pool.SendBatch(ctx, b)
+	tx := br.Tx()
+	// As pgx.BeginFunc: a no-op once committed; on any failure, the
+	// rollback that ends the transaction and releases the connection.
+	defer func() { _ = tx.Rollback(ctx) }()
+	if err := br.Close(); err != nil {
+		return err
+	}
+	if fn != nil {
+		if err := fn(tx, New(tx)); err != nil {
+			return err
+		}
+	}
+	return tx.Commit(ctx)
 }
 
 // Migrate applies River's migrations and then rexec's. It is safe to run
