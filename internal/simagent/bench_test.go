@@ -63,14 +63,12 @@ func (a *archive) handle(ctx context.Context, events []consul.Event) error {
 					evs = append(evs, node(audit.NodeAcked, ev.Node, map[string]any{"acked_at": ev.At}))
 				}
 			case consul.EventOutput:
-				ok, err := q.AppendChunk(ctx, a.run.ID, ev.Node, ev.Seq, ev.Data, a.run.OutputCap)
+				stored, err := q.AppendChunk(ctx, a.run.ID, ev.Node, ev.Seq, ev.Data, a.run.OutputCap)
 				if err != nil {
 					return err
 				}
-				if ok {
-					chunks++
-					n += int64(len(ev.Data))
-				}
+				chunks++
+				n += int64(stored)
 			case consul.EventExit:
 				out, ok, err := q.RecordExit(ctx, a.run.ID, ev.Node, ev.ExitCode, ev.At)
 				if err != nil {
