@@ -6,8 +6,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"sync/atomic"
-	"testing"
+		"testing"
 	"time"
 
 	"github.com/rexec/rexec/internal/consul"
@@ -25,20 +24,33 @@ const benchNodes = "^(consul-server|web-.*|db-.*|victim-.*|long-.*)$"
 // counted by a reverse proxy it is pointed at (-http-addr), the engine's
 // by its HTTP client's transport.
 //
+// Two commands: `true`, where every report arrives at once (the engine's
+// worst case: little to read again), and ten lines over five seconds,
+// where `consul exec` reads every report again at each round.
+//
 //	go test ./internal/consul -run '^$' -bench EngineVsConsulExec -benchtime 10x
 func BenchmarkEngineVsConsulExec(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		cmd  string
+	}{
+		{name: "true", cmd: "true"},
+		{name: "lines", cmd: "for i in 1 2 3 4 5 6 7 8 9 10; do echo line $i; sleep 0.5; done"},
+	} {
+		b.Run(bc.name, func(b *testing.B) { benchEngineVsConsulExec(b, bc.cmd) })
+	}
+}
+
+func benchEngineVsConsulExec(b *testing.B, cmd string) {
 	cl := testenv.Cluster(b)
 	target, _ := url.Parse("http://" + cl.Agent("web-1").HTTPAddr())
-	var ceRequests, ceBytes atomic.Int64
+	// Both clients' requests are counted by the same kind of transport:
+	// `consul exec`'s in the proxy in front of the agent, the engine's in
+	// its own client.
+	ceCnt := newConnCounter(consul.MaxConnsDefault)
 	rp := httputil.NewSingleHostReverseProxy(target)
-	rp.ModifyResponse = func(resp *http.Response) error {
-		resp.Body = &countedBody{ReadCloser: resp.Body, n: &ceBytes}
-		return nil
-	}
-	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ceRequests.Add(1)
-		rp.ServeHTTP(w, r)
-	}))
+	rp.Transport = ceCnt
+	proxy := httptest.NewServer(rp)
 	defer proxy.Close()
 	cnt := newConnCounter(consul.MaxConnsDefault)
 	client, err := consul.New(consul.Config{Address: target.Host, HTTPClient: &http.Client{Transport: cnt}})
@@ -49,25 +61,28 @@ func BenchmarkEngineVsConsulExec(b *testing.B) {
 	prefix := testenv.Prefix(b)
 
 	var ceTime, enTime time.Duration
-	var ceReq, enReq, ceB, enB int64
+	var ceReq, enReq, ceB, enB, rsReq, rsB, ceW, enW int64
 	for b.Loop() {
-		n, nb := ceRequests.Load(), ceBytes.Load()
+		n, nb, nw := ceCnt.requests.Load(), ceCnt.bytes.Load(), ceCnt.wire.Load()
 		start := time.Now()
-		rep := consulExec(b, ctx, proxy.Listener.Addr().String(), nil, "-prefix", prefix, "-node", benchNodes, "true")
+		rep := consulExec(b, ctx, proxy.Listener.Addr().String(), nil, "-prefix", prefix, "-node", benchNodes, cmd)
 		ceTime += time.Since(start)
-		ceReq += ceRequests.Load() - n
-		ceB += ceBytes.Load() - nb
+		ceReq += ceCnt.requests.Load() - n
+		ceB += ceCnt.bytes.Load() - nb
+		ceW += ceCnt.wire.Load() - nw
 		if rep.code != 0 || len(rep.exits) == 0 {
 			b.Fatalf("consul exec: code %d, %d nodes", rep.code, len(rep.exits))
 		}
 
-		n, nb = cnt.requests.Load(), cnt.bytes.Load()
+		n, nb, nw = cnt.requests.Load(), cnt.bytes.Load(), cnt.wire.Load()
 		start = time.Now()
-		spec := consul.Spec{Argv: []string{"true"}, NodeFilter: benchNodes, Prefix: prefix}
+		spec := consul.Spec{Argv: []string{cmd}, NodeFilter: benchNodes, Prefix: prefix}
 		targets, err := client.Resolve(ctx, spec)
 		if err != nil {
 			b.Fatal(err)
 		}
+		rsReq += cnt.requests.Load() - n
+		rsB += cnt.bytes.Load() - nb
 		res, err := client.Run(ctx, spec, targets, func(ctx context.Context, _ []consul.Event) error { return nil })
 		if err != nil {
 			b.Fatal(err)
@@ -75,6 +90,7 @@ func BenchmarkEngineVsConsulExec(b *testing.B) {
 		enTime += time.Since(start)
 		enReq += cnt.requests.Load() - n
 		enB += cnt.bytes.Load() - nb
+		enW += cnt.wire.Load() - nw
 		if exited, _ := res.Counts(); exited != len(rep.exits) || res.Outcome != consul.OutcomeCompleted {
 			b.Fatalf("engine: %d nodes exited (%s), consul exec %d", exited, res.Outcome, len(rep.exits))
 		}
@@ -86,8 +102,19 @@ func BenchmarkEngineVsConsulExec(b *testing.B) {
 	b.ReportMetric(float64(enTime)/float64(ceTime), "time-ratio")
 	b.ReportMetric(float64(ceReq)/runs, "consul-exec-req/run")
 	b.ReportMetric(float64(enReq)/runs, "engine-req/run")
+	// Bodies as decoded, and bytes read from the connections (headers and
+	// gzip-compressed bodies, as the agent sends them).
 	b.ReportMetric(float64(ceB)/runs, "consul-exec-B/run")
 	b.ReportMetric(float64(enB)/runs, "engine-B/run")
+	b.ReportMetric(float64(ceW)/runs, "consul-exec-wire-B/run")
+	b.ReportMetric(float64(enW)/runs, "engine-wire-B/run")
 	b.ReportMetric(float64(enReq)/float64(ceReq), "req-ratio")
 	b.ReportMetric(float64(enB)/float64(ceB), "bytes-ratio")
+	// The run alone, without resolving the targets from the catalog
+	// (which `consul exec` does not do: it lets the agents filter
+	// themselves).
+	b.ReportMetric(float64(rsReq)/runs, "resolve-req/run")
+	b.ReportMetric(float64(rsB)/runs, "resolve-B/run")
+	b.ReportMetric(float64(enReq-rsReq)/float64(ceReq), "run-req-ratio")
+	b.ReportMetric(float64(enB-rsB)/float64(ceB), "run-bytes-ratio")
 }

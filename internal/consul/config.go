@@ -35,7 +35,7 @@ const (
 	SessionTTLDefault     = 15 * time.Second
 	EventSizeLimitDefault = 512
 	KVMaxValueSizeDefault = 512 * 1024
-	RoundIntervalDefault  = 25 * time.Millisecond
+	RoundIntervalDefault  = 100 * time.Millisecond
 	MaxConnsDefault       = 32
 	TeardownTimeout       = 10 * time.Second
 	HandlerTimeout        = 30 * time.Second

@@ -148,12 +148,14 @@ func TestRunReattachAfterKeysLeft(t *testing.T) {
 	}
 }
 
-// connCounter is an HTTP transport that counts what the engine asks of
-// the agent: requests, response bytes, blocking queries and connections,
-// and the most of each in flight at once.
+// connCounter is an HTTP transport that counts what a client asks of the
+// agent: requests, response body bytes (decompressed), bytes read from the
+// connections (headers and bodies as sent, gzip included), blocking
+// queries and connections, and the most of each in flight at once.
 type connCounter struct {
 	base              *http.Transport
 	requests, bytes   atomic.Int64
+	wire              atomic.Int64
 	blocking, maxBlk  atomic.Int64
 	open, maxOpen     atomic.Int64
 	dialed            atomic.Int64
@@ -184,6 +186,12 @@ type countedConn struct {
 	net.Conn
 	c    *connCounter
 	once sync.Once
+}
+
+func (cc *countedConn) Read(p []byte) (int, error) {
+	n, err := cc.Conn.Read(p)
+	cc.c.wire.Add(int64(n))
+	return n, err
 }
 
 func (cc *countedConn) Close() error {
