@@ -6,7 +6,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-		"testing"
+	"testing"
 	"time"
 
 	"github.com/rexec/rexec/internal/consul"
