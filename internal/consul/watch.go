@@ -85,10 +85,10 @@ type watcher struct {
 	// toDelete are taken keys that may leave KV (the handler stored them,
 	// or they carry nothing to store), not deleted yet.
 	toDelete []string
-	// index is Consul's index of the latest listing taken; shared says it
-	// came from the shared watch, whose listings are then taken in order.
+	// index is Consul's index of the latest listing taken: an older one
+	// (the shared watch lagging behind the run's own) is of no use, and
+	// would make taken keys look gone.
 	index   uint64
-	shared  bool
 	sawJob  bool // the latest listing held the job spec
 	started bool // the run's own first listing is done
 }
@@ -131,6 +131,7 @@ func (w *watcher) watch(ctx context.Context) (Outcome, error) {
 	defer sub.close()
 	lastActivity := time.Now()
 	var failingSince time.Time
+	pending, quietChecked := false, false
 	// readFailed decides about a failed read: keep trying (nil) until it
 	// has failed for a session TTL, then leave the run for re-attach.
 	readFailed := func(since time.Time, err error) error {
@@ -141,11 +142,10 @@ func (w *watcher) watch(ctx context.Context) (Outcome, error) {
 			return fmt.Errorf("read run results: %w", err)
 		}
 		// Never declare a run quiet on a read that failed.
-		lastActivity = time.Now()
+		lastActivity, quietChecked = time.Now(), false
 		return nil
 	}
 	var keys []string // a listing not processed yet
-	pending := false
 	for {
 		if w.exited == len(w.nodes) {
 			return OutcomeCompleted, nil
@@ -155,8 +155,15 @@ func (w *watcher) watch(ctx context.Context) (Outcome, error) {
 			quiet *= 2
 		}
 		remaining := time.Until(lastActivity.Add(quiet))
+		// Silence is judged on a listing taken after the quiet period
+		// passed, the run's own: the shared watch may lag behind on a
+		// busy agent, and a run must not end for want of being read.
+		checkQuiet := false
 		if remaining <= 0 {
-			return OutcomeQuiet, nil
+			if quietChecked {
+				return OutcomeQuiet, nil
+			}
+			quietChecked, checkQuiet = true, true
 		}
 		select {
 		case <-r.lost:
@@ -175,7 +182,7 @@ func (w *watcher) watch(ctx context.Context) (Outcome, error) {
 		}
 
 		switch {
-		case !w.started:
+		case !w.started || checkQuiet:
 			// The run's own listing first: keys written before it
 			// subscribed (a re-attach) change nothing the shared watch
 			// would wake up for.
@@ -221,10 +228,10 @@ func (w *watcher) watch(ctx context.Context) (Outcome, error) {
 			}
 			// Until the shared watch has caught up with the run's own
 			// first listing, its older listings are of no use.
-			if !ok || (!w.shared && index < w.index) {
+			if !ok || index < w.index {
 				continue
 			}
-			w.shared, pending = true, true
+			pending = true
 			keys, w.index = ks, index
 		}
 
@@ -262,7 +269,7 @@ func (w *watcher) watch(ctx context.Context) (Outcome, error) {
 		// storing (a busy database) must not make stragglers look silent,
 		// since nothing was read meanwhile.
 		if len(stored) > 0 {
-			lastActivity = time.Now()
+			lastActivity, quietChecked = time.Now(), false
 		}
 		// Keys of a run that has ended leave KV with its tree.
 		if w.exited < len(w.nodes) {

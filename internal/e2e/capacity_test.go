@@ -106,7 +106,21 @@ func BenchmarkWorkerCapacity(b *testing.B) {
 		b.Fatal(err)
 	}
 	if completed != len(ids) || exited != 4*len(ids) {
-		b.Fatalf("%d of %d runs completed, %d of %d nodes exited 0", completed, len(ids), exited, 4*len(ids))
+		b.Errorf("%d of %d runs completed, %d of %d nodes exited 0", completed, len(ids), exited, 4*len(ids))
+		rows, err := conn.Query(ctx, `SELECT r.state, coalesce(r.outcome, ''), coalesce(r.error, ''), n.state, count(*)
+			FROM runs r JOIN run_nodes n ON n.run_id = r.id WHERE r.id = any($1) GROUP BY 1, 2, 3, 4`, ids)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for rows.Next() {
+			var state, outcome, msg, node string
+			var count int
+			if err := rows.Scan(&state, &outcome, &msg, &node, &count); err != nil {
+				b.Fatal(err)
+			}
+			b.Logf("runs %s/%s %q: %d nodes %s", state, outcome, msg, count, node)
+		}
+		b.FailNow()
 	}
 	rows, err := conn.Query(ctx, "SELECT extract(epoch FROM finished_at - fired_at)::float8 FROM runs WHERE id = any($1)", ids)
 	if err != nil {
