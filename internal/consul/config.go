@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -35,10 +36,10 @@ const (
 	WaitDefault           = 2 * time.Second
 	WaitReplDefault       = 0
 	SessionTTLDefault     = 15 * time.Second
-	RenewIntervalDefault  = 5 * time.Second
 	EventSizeLimitDefault = 512
 	KVMaxValueSizeDefault = 512 * 1024
-	RoundIntervalDefault  = 25 * time.Millisecond
+	RoundIntervalDefault  = 100 * time.Millisecond
+	MaxConnsDefault       = 32
 	TeardownTimeout       = 10 * time.Second
 	HandlerTimeout        = 30 * time.Second
 )
@@ -81,8 +82,12 @@ type Config struct {
 	// the run's keys within one to two TTLs. A longer TTL gives a replacement
 	// worker more time to re-attach. Default: 15s, as `consul exec`.
 	SessionTTL time.Duration
-	// RenewInterval is how often the session is renewed. Default: 5s, and at
-	// most a third of SessionTTL.
+	// RenewInterval is how often the session is renewed. Default: a third
+	// of SessionTTL (5s for `consul exec`'s 15s), so that two renewals may
+	// fail before Consul invalidates it. Every run renews its own session:
+	// a process carrying N runs sends N/RenewInterval renewals a second. A
+	// session found gone between renewals (its job spec left KV) is noticed
+	// by the watch at once.
 	RenewInterval time.Duration
 	// EventSizeLimit is the agents' user event size limit in bytes.
 	// Default: 512, Consul's.
@@ -94,6 +99,15 @@ type Config struct {
 	// once) are read with one request rather than one each. It adds at most
 	// this much to a run's end. Default: 25ms.
 	RoundInterval time.Duration
+	// MaxConns bounds the HTTP connections to the agent that the client
+	// opens at once (requests queue for one beyond it), and how many it
+	// keeps idle for reuse. An agent takes at most
+	// limits.http_max_conns_per_client (200 by default) connections from
+	// one address, and every process talking to it from that address
+	// shares that budget. However many runs a client carries, it holds one
+	// long-lived connection per prefix (the shared key watch) and uses the
+	// rest for short requests. Ignored with HTTPClient. Default: 32.
+	MaxConns int
 	// Logger receives debug and warning messages. Default: discard.
 	Logger *slog.Logger
 	// Metrics counts the requests to the agent and the bytes of its
@@ -105,10 +119,11 @@ type Config struct {
 func (c Config) WithDefaults() Config {
 	c.Address = cmp.Or(c.Address, "127.0.0.1:8500")
 	c.SessionTTL = cmp.Or(c.SessionTTL, SessionTTLDefault)
-	c.RenewInterval = cmp.Or(c.RenewInterval, min(RenewIntervalDefault, c.SessionTTL/3))
+	c.RenewInterval = cmp.Or(c.RenewInterval, c.SessionTTL/3)
 	c.EventSizeLimit = cmp.Or(c.EventSizeLimit, EventSizeLimitDefault)
 	c.KVMaxValueSize = cmp.Or(c.KVMaxValueSize, KVMaxValueSizeDefault)
 	c.RoundInterval = cmp.Or(c.RoundInterval, RoundIntervalDefault)
+	c.MaxConns = cmp.Or(c.MaxConns, MaxConnsDefault)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -125,6 +140,8 @@ func (c Config) validate() error {
 		return errors.New("EventSizeLimit must be at least 128")
 	case c.RoundInterval < 0 || c.RoundInterval > time.Second:
 		return errors.New("RoundInterval must be between 0 and 1s")
+	case c.MaxConns < 2 || c.MaxConns > 1000:
+		return errors.New("MaxConns must be between 2 and 1000")
 	case c.KVMaxValueSize < 1024:
 		return errors.New("KVMaxValueSize must be at least 1024")
 	case (c.TLS.CertFile == "") != (c.TLS.KeyFile == ""):
@@ -144,6 +161,10 @@ type Client struct {
 	// address as every other request.
 	http *http.Client
 	base url.URL
+
+	// watches are the shared key watches, by prefix (keywatch.go).
+	watchMu sync.Mutex
+	watches map[string]*keyWatch
 }
 
 // New validates cfg and returns a Client. It does not contact Consul.
@@ -160,7 +181,7 @@ func New(cfg Config) (*Client, error) {
 		Scheme:     "http",
 		Datacenter: cfg.Datacenter,
 		Token:      cfg.Token,
-		Transport:  cleanhttp.DefaultPooledTransport(),
+		Transport:  transport(cfg.MaxConns),
 	}
 	if cfg.TLS.on() {
 		ac.Scheme = "https"
@@ -201,6 +222,17 @@ func New(cfg Config) (*Client, error) {
 	// path prefix are the ones every consul/api request uses.
 	base := url.URL{Scheme: ac.Scheme, Host: ac.Address, Path: ac.PathPrefix}
 	return &Client{cfg: cfg, api: client, log: cfg.Logger, http: ac.HttpClient, base: base}, nil
+}
+
+// transport is a pooled transport that opens at most maxConns connections
+// to the agent and keeps as many idle: cleanhttp's keeps GOMAXPROCS+1
+// idle, so a burst of requests from many runs would open and close
+// connections by the hundred.
+func transport(maxConns int) *http.Transport {
+	t := cleanhttp.DefaultPooledTransport()
+	t.MaxConnsPerHost = maxConns
+	t.MaxIdleConnsPerHost = maxConns
+	return t
 }
 
 // API returns the underlying consul/api client.

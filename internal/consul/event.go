@@ -15,7 +15,10 @@ const (
 	// EventOutput: a chunk of the command's interleaved stdout and stderr.
 	EventOutput
 	// EventHeartbeat: an empty chunk the agent writes every Wait without
-	// output, to show the command is still running.
+	// output, to show the command is still running. The engine reads it as
+	// a sign of life and deletes it; it never reaches a Handler, since it
+	// carries nothing to store (a run of many long silent commands would
+	// otherwise cost a database transaction per node every Wait).
 	EventHeartbeat
 	// EventExit: the command exited.
 	EventExit
@@ -51,9 +54,10 @@ type Event struct {
 }
 
 // Handler receives the events of one watch round, in per-node order: a
-// node's ack first, then its chunks by sequence, then its exit. A nil return
-// confirms that every event of the batch is stored; the engine then deletes
-// those chunks from KV. An error that wraps ErrDetach abandons the run
+// node's ack first, then its output chunks by sequence, then its exit
+// (never heartbeats). A nil return confirms that every event of the batch
+// is stored; the engine then deletes their keys — chunks, ack and exit —
+// from KV, so that a run's later rounds never read them again. An error that wraps ErrDetach abandons the run
 // without tearing it down, so that another process can re-attach (see
 // Client.Attach); any other error is retried with backoff until the handler
 // takes the batch, and nothing more is read from KV meanwhile.
@@ -62,7 +66,9 @@ type Event struct {
 // the agents reported is stored even then.
 //
 // After a re-attach, events the previous watcher already saw may come again:
-// store them idempotently, keyed by (node, kind, seq).
+// store them idempotently, keyed by (node, kind, seq). Since stored acks and
+// exits leave KV, a re-attaching caller tells the run what was stored
+// (Run.Restore); otherwise such nodes look silent.
 type Handler func(ctx context.Context, events []Event) error
 
 // NodeState is how an expected node ended.
@@ -81,7 +87,7 @@ type NodeResult struct {
 	Node     string
 	State    NodeState
 	ExitCode int       // meaningful when State is NodeExited
-	AckedAt  time.Time // zero if it never acknowledged (or before a re-attach)
+	AckedAt  time.Time // zero if it never acknowledged
 	ExitedAt time.Time // zero unless exited
 }
 

@@ -48,8 +48,9 @@ type Run struct {
 	events    []FiredEvent
 	renewStop context.CancelFunc
 	renewDone chan struct{}
-	lost      chan struct{} // closed when renewal finds the session gone
+	lost      chan struct{} // closed when the session is found gone
 	lostOnce  sync.Once
+	known     []NodeResult // what earlier watchers stored (Restore)
 
 	mu      sync.Mutex
 	done    bool // closed or detached
@@ -254,12 +255,41 @@ func (r *Run) startRenewal() {
 			case err != nil:
 				r.c.log.WarnContext(ctx, "renew remote-exec session", slog.String("session", r.session), slog.Any("error", err))
 			case entry == nil:
-				r.c.log.WarnContext(ctx, "remote-exec session is gone", slog.String("session", r.session))
-				r.lostOnce.Do(func() { close(r.lost) })
+				r.markLost(ctx)
 				return
 			}
 		}
 	}()
+}
+
+// markLost records that the session is gone.
+func (r *Run) markLost(ctx context.Context) {
+	r.lostOnce.Do(func() {
+		r.c.log.WarnContext(ctx, "remote-exec session is gone", slog.String("session", r.session))
+		close(r.lost)
+	})
+}
+
+// checkSession asks Consul whether the session still exists, and marks
+// the run lost if not. Errors say nothing: renewal goes on asking.
+func (r *Run) checkSession(ctx context.Context) {
+	entry, _, err := r.c.api.Session().Info(r.session, (&api.QueryOptions{}).WithContext(ctx))
+	if err == nil && entry == nil {
+		r.markLost(ctx)
+	}
+}
+
+// Restore tells an attached run, before Watch, how its nodes stood when
+// the previous watcher stopped: what that watcher's handler stored. Stored
+// acks and exits leave KV during a run, so a re-attached watcher would
+// otherwise take a node that already exited for one that never answered,
+// and wait out the quiet period for it. Nodes with State NodeExited count
+// as exited with their ExitCode; nodes with AckedAt set as acknowledged;
+// the rest are ignored.
+func (r *Run) Restore(nodes []NodeResult) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.known = slices.Clone(nodes)
 }
 
 func (r *Run) stopRenewal() {

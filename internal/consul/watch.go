@@ -5,16 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 )
 
 // Watch watches a fired or attached run and hands the agents' reports to h
-// as they arrive. It returns once every expected node has exited, or the
+// as they arrive. The run's tree is listed by name through the client's
+// one blocking query per prefix (keywatch.go), however many runs it
+// carries; each round then reads only the new keys' values. It returns once every expected node has exited, or the
 // quiet period passed, or ctx ended; the session is still renewed then,
 // and the caller closes the run (Close) when it has recorded the result.
 //
@@ -61,22 +60,65 @@ type nodeState struct {
 	exitCode int
 }
 
-// watcher reads the run's KV tree with blocking queries.
+// deleteDelay is how long stored keys may wait in KV for the next round's
+// read, which deletes them in the same transaction, before they are
+// deleted on their own.
+const deleteDelay = 100 * time.Millisecond
+
+// watcher collects one run's reports. Each round costs what changed, not
+// what exists: the run's tree is listed by name only (by the client's
+// shared key watch), the values of the new keys alone are read in one
+// transaction, and every key taken — stored chunk, heartbeat, ack, exit —
+// is deleted from KV once the handler has stored it. Neither the listing
+// nor the work of a round grows with the nodes that already finished.
 type watcher struct {
-	r        *Run
-	h        Handler
-	nodes    map[string]*nodeState
-	seen     map[string]bool // keys already handed to h
-	unknown  map[string]bool // nodes outside the target set, warned once
-	acked    int
-	exited   int
-	toDelete []string // confirmed chunk keys still in KV
+	r     *Run
+	h     Handler
+	nodes map[string]*nodeState
+	// taken holds the keys (relative to the run's tree) already handed to
+	// h, consumed, or ignored; a key leaves it once a listing shows it
+	// gone from KV, so it is bounded by what KV holds.
+	taken   map[string]bool
+	unknown map[string]bool // nodes outside the target set, warned once
+	acked   int
+	exited  int
+	// toDelete are taken keys that may leave KV (the handler stored them,
+	// or they carry nothing to store), not deleted yet.
+	toDelete []string
+	// index is Consul's index of the latest listing taken: an older one
+	// (the shared watch lagging behind the run's own) is of no use, and
+	// would make taken keys look gone.
+	index   uint64
+	sawJob  bool // the latest listing held the job spec
+	started bool // the run's own first listing is done
 }
 
 func newWatcher(r *Run, h Handler) *watcher {
-	w := &watcher{r: r, h: h, nodes: map[string]*nodeState{}, seen: map[string]bool{}, unknown: map[string]bool{}}
+	w := &watcher{r: r, h: h, nodes: map[string]*nodeState{}, taken: map[string]bool{}, unknown: map[string]bool{}}
 	for _, n := range r.targets {
 		w.nodes[n] = &nodeState{}
+	}
+	// What earlier watchers stored (Restore): their ack and exit keys may
+	// have left KV already, and must not make the node look silent now.
+	for _, k := range r.known {
+		st := w.nodes[k.Node]
+		if st == nil {
+			continue
+		}
+		if !k.AckedAt.IsZero() || k.State == NodeExited {
+			st.ackedAt = k.AckedAt
+			if st.ackedAt.IsZero() {
+				st.ackedAt = k.ExitedAt
+			}
+			w.acked++
+		}
+		if k.State == NodeExited {
+			st.exitedAt, st.exitCode = k.ExitedAt, k.ExitCode
+			if st.exitedAt.IsZero() {
+				st.exitedAt = time.Now()
+			}
+			w.exited++
+		}
 	}
 	return w
 }
@@ -85,20 +127,25 @@ func newWatcher(r *Run, h Handler) *watcher {
 // for re-attach (handler error, detach, or Consul unreachable for too long).
 func (w *watcher) watch(ctx context.Context) (Outcome, error) {
 	r := w.r
-	kv := r.c.api.KV()
+	sub := r.c.subscribe(r.spec.Prefix, r.dir)
+	defer sub.close()
 	lastActivity := time.Now()
-	var index uint64
-	var failingSince, lastRound time.Time
-	// Blocking reads end early when the session is found gone.
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		select {
-		case <-r.lost:
-			cancel()
-		case <-wctx.Done():
+	var failingSince time.Time
+	pending, quietChecked := false, false
+	// readFailed decides about a failed read: keep trying (nil) until it
+	// has failed for a session TTL, then leave the run for re-attach.
+	readFailed := func(since time.Time, err error) error {
+		if ctx.Err() != nil || isClosed(r.lost) {
+			return nil // classified at the top of the loop
 		}
-	}()
+		if time.Since(since) > r.c.cfg.SessionTTL {
+			return fmt.Errorf("read run results: %w", err)
+		}
+		// Never declare a run quiet on a read that failed.
+		lastActivity, quietChecked = time.Now(), false
+		return nil
+	}
+	var keys []string // a listing not processed yet
 	for {
 		if w.exited == len(w.nodes) {
 			return OutcomeCompleted, nil
@@ -108,8 +155,15 @@ func (w *watcher) watch(ctx context.Context) (Outcome, error) {
 			quiet *= 2
 		}
 		remaining := time.Until(lastActivity.Add(quiet))
+		// Silence is judged on a listing taken after the quiet period
+		// passed, the run's own: the shared watch may lag behind on a
+		// busy agent, and a run must not end for want of being read.
+		checkQuiet := false
 		if remaining <= 0 {
-			return OutcomeQuiet, nil
+			if quietChecked {
+				return OutcomeQuiet, nil
+			}
+			quietChecked, checkQuiet = true, true
 		}
 		select {
 		case <-r.lost:
@@ -118,67 +172,120 @@ func (w *watcher) watch(ctx context.Context) (Outcome, error) {
 		}
 		if ctx.Err() != nil {
 			if detaching(ctx) {
-				// Spare the next watcher chunks that are already stored.
+				// Spare the next watcher keys that are already stored.
 				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), TeardownTimeout)
-				w.deleteConfirmed(dctx)
+				w.flush(dctx)
 				cancel()
 				return "", ErrDetached
 			}
 			return OutcomeCancelled, nil
 		}
-		w.deleteConfirmed(ctx)
-		if wait := time.Until(lastRound.Add(r.c.cfg.RoundInterval)); wait > 0 {
+
+		switch {
+		case !w.started || checkQuiet:
+			// The run's own listing first: keys written before it
+			// subscribed (a re-attach) change nothing the shared watch
+			// would wake up for.
+			ks, meta, err := r.c.api.KV().Keys(r.dir, "", (&api.QueryOptions{}).WithContext(ctx))
+			if err != nil {
+				if failingSince.IsZero() {
+					failingSince = time.Now()
+				}
+				r.c.log.WarnContext(ctx, "list run results", slog.String("session", r.session), slog.Any("error", err))
+				if err := readFailed(failingSince, err); err != nil {
+					return "", err
+				}
+				w.pause(ctx, r.lost)
+				continue
+			}
+			failingSince = time.Time{}
+			w.started, pending = true, true
+			keys, w.index = relative(ks, r.dir), meta.LastIndex
+		case !pending:
+			// Stored keys wait a little for the next round's read, which
+			// deletes them with the same request.
+			flushAt := remaining
+			if len(w.toDelete) > 0 {
+				flushAt = min(flushAt, deleteDelay)
+			}
+			t := time.NewTimer(flushAt)
 			select {
-			case <-time.After(wait):
-			case <-wctx.Done():
+			case <-sub.notify:
+			case <-t.C:
+				if len(w.toDelete) > 0 {
+					w.flush(ctx)
+				}
+			case <-r.lost:
+			case <-ctx.Done():
 			}
+			t.Stop()
+			ks, index, ok, since, ferr := sub.take()
+			if !since.IsZero() {
+				if err := readFailed(since, ferr); err != nil {
+					return "", err
+				}
+				continue
+			}
+			// Until the shared watch has caught up with the run's own
+			// first listing, its older listings are of no use.
+			if !ok || index < w.index {
+				continue
+			}
+			pending = true
+			keys, w.index = ks, index
 		}
-		lastRound = time.Now()
-		pairs, meta, err := kv.List(r.dir, (&api.QueryOptions{WaitIndex: index, WaitTime: remaining}).WithContext(wctx))
+
+		fresh := w.fresh(ctx, keys)
+		if len(fresh) == 0 {
+			pending = false
+			continue
+		}
+		values, err := w.read(ctx, fresh)
 		if err != nil {
-			if ctx.Err() != nil || isClosed(r.lost) {
-				continue // classified at the top of the loop
-			}
 			if failingSince.IsZero() {
 				failingSince = time.Now()
 			}
-			if time.Since(failingSince) > r.c.cfg.SessionTTL {
-				return "", fmt.Errorf("read run results: %w", err)
-			}
 			r.c.log.WarnContext(ctx, "read run results", slog.String("session", r.session), slog.Any("error", err))
-			select {
-			case <-ctx.Done():
-			case <-time.After(500 * time.Millisecond):
+			if err := readFailed(failingSince, err); err != nil {
+				return "", err
 			}
-			// Never declare a run quiet on a read that failed.
-			lastActivity = time.Now()
+			w.pause(ctx, r.lost)
 			continue
 		}
-		failingSince = time.Time{}
-		if meta.LastIndex < index {
-			index = 0 // the index went backwards (a restored snapshot): start over
-		} else {
-			index = meta.LastIndex
+		failingSince, pending = time.Time{}, false
+		events, took, stored := w.collect(fresh, values)
+		for _, k := range took {
+			w.taken[k] = true
 		}
-		events := w.collect(pairs)
-		if len(events) == 0 {
-			continue
-		}
-		// The handler stores what the agents reported even when the run is
-		// being cancelled: that output was produced and belongs in the
-		// archive.
-		if err := w.handle(ctx, events); err != nil {
-			return "", err
+		if len(events) > 0 {
+			// The handler stores what the agents reported even when the run
+			// is being cancelled: that output was produced and belongs in
+			// the archive.
+			if err := w.handle(ctx, events); err != nil {
+				return "", err
+			}
 		}
 		// The quiet period starts once the handler is done: time it spent
 		// storing (a busy database) must not make stragglers look silent,
 		// since nothing was read meanwhile.
-		lastActivity = time.Now()
-		for _, e := range events {
-			if e.Kind == EventOutput || e.Kind == EventHeartbeat {
-				w.toDelete = append(w.toDelete, chunkKey(r.dir, e.Node, e.Seq))
-			}
+		if len(stored) > 0 {
+			lastActivity, quietChecked = time.Now(), false
 		}
+		// Keys of a run that has ended leave KV with its tree.
+		if w.exited < len(w.nodes) {
+			w.toDelete = append(w.toDelete, stored...)
+		}
+	}
+}
+
+// pause waits a little after a failed read.
+func (w *watcher) pause(ctx context.Context, lost <-chan struct{}) {
+	t := time.NewTimer(500 * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	case <-lost:
 	}
 }
 
@@ -237,130 +344,6 @@ func isClosed(ch chan struct{}) bool {
 		return true
 	default:
 		return false
-	}
-}
-
-func chunkKey(dir, node string, seq int) string {
-	return fmt.Sprintf("%s%s/out/%05x", dir, node, seq)
-}
-
-// collect turns the keys not seen before into events, in per-node order.
-func (w *watcher) collect(pairs api.KVPairs) []Event {
-	type nodeNews struct {
-		ack    bool
-		chunks []Event
-		exit   *Event
-	}
-	news := map[string]*nodeNews{}
-	get := func(n string) *nodeNews {
-		if news[n] == nil {
-			news[n] = &nodeNews{}
-		}
-		return news[n]
-	}
-	now := time.Now()
-	for _, p := range pairs {
-		if w.seen[p.Key] {
-			continue
-		}
-		rel := strings.TrimPrefix(p.Key, w.r.dir)
-		if rel == "job" {
-			continue
-		}
-		var node string
-		var ev Event
-		switch {
-		case strings.HasSuffix(rel, "/ack"):
-			node = strings.TrimSuffix(rel, "/ack")
-			ev = Event{Kind: EventAck}
-		case strings.HasSuffix(rel, "/exit"):
-			node = strings.TrimSuffix(rel, "/exit")
-			code, err := strconv.Atoi(strings.TrimSpace(string(p.Value)))
-			if err != nil {
-				w.r.c.log.Warn("unparsable exit code", slog.String("key", p.Key), slog.String("value", string(p.Value)))
-				continue
-			}
-			ev = Event{Kind: EventExit, ExitCode: code}
-		case strings.Contains(rel, "/out/"):
-			i := strings.LastIndex(rel, "/out/")
-			node = rel[:i]
-			seq, err := strconv.ParseUint(rel[i+len("/out/"):], 16, 31)
-			if err != nil {
-				w.r.c.log.Warn("unknown key", slog.String("key", p.Key))
-				continue
-			}
-			ev = Event{Kind: EventOutput, Seq: int(seq), Data: p.Value}
-			if len(p.Value) == 0 {
-				ev = Event{Kind: EventHeartbeat, Seq: int(seq)}
-			}
-		default:
-			w.r.c.log.Warn("unknown key", slog.String("key", p.Key))
-			continue
-		}
-		if w.nodes[node] == nil {
-			if !w.unknown[node] {
-				w.unknown[node] = true
-				w.r.c.log.Warn("report from a node outside the target set; ignored", slog.String("node", node))
-			}
-			continue
-		}
-		w.seen[p.Key] = true
-		ev.Node, ev.At = node, now
-		nn := get(node)
-		switch ev.Kind {
-		case EventAck:
-			nn.ack = true
-		case EventExit:
-			nn.exit = &ev
-		default:
-			nn.chunks = append(nn.chunks, ev)
-		}
-	}
-
-	var out []Event
-	for _, node := range w.r.targets {
-		nn := news[node]
-		if nn == nil {
-			continue
-		}
-		st := w.nodes[node]
-		// An exit implies an ack even if the ack key was missed.
-		if (nn.ack || nn.exit != nil || len(nn.chunks) > 0) && st.ackedAt.IsZero() {
-			st.ackedAt = now
-			w.acked++
-			out = append(out, Event{Kind: EventAck, Node: node, At: now})
-		}
-		slices.SortFunc(nn.chunks, func(a, b Event) int { return a.Seq - b.Seq })
-		out = append(out, nn.chunks...)
-		if nn.exit != nil && st.exitedAt.IsZero() {
-			st.exitedAt, st.exitCode = now, nn.exit.ExitCode
-			w.exited++
-			out = append(out, *nn.exit)
-		}
-	}
-	return out
-}
-
-// deleteConfirmed removes chunks the handler stored, in transactions of at
-// most 64 operations (Consul's limit). Failures only leave the chunks for
-// the teardown to remove.
-func (w *watcher) deleteConfirmed(ctx context.Context) {
-	for len(w.toDelete) > 0 {
-		n := min(len(w.toDelete), 64)
-		ops := make(api.TxnOps, n)
-		for i, k := range w.toDelete[:n] {
-			ops[i] = &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: k}}
-		}
-		ok, resp, _, err := w.r.c.api.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
-		if err != nil || !ok {
-			if err == nil && resp != nil && len(resp.Errors) > 0 {
-				err = errors.New(resp.Errors[0].What)
-			}
-			w.r.c.log.WarnContext(ctx, "delete stored chunks", slog.String("session", w.r.session), slog.Any("error", err))
-			w.toDelete = nil
-			return
-		}
-		w.toDelete = w.toDelete[n:]
 	}
 }
 

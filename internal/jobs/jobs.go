@@ -55,8 +55,14 @@ const (
 	SessionTTLDefault      = 60 * time.Second
 	RecoverIntervalDefault = 2 * time.Second
 	RequeueAfterDefault    = time.Minute
-	WorkersDefault         = 20
-	QueueExec              = "exec"
+	// WorkersDefault is how many runs a worker process carries at once.
+	// A run in flight holds no database connection and no connection of
+	// its own to Consul (consul: one shared key watch per tenant and
+	// prefix, short requests over a bounded pool); it costs goroutines and
+	// a little memory (README, Capacity), a lease renewal every LeaseTTL/3
+	// and a session renewal every SessionTTL/3.
+	WorkersDefault = 500
+	QueueExec      = "exec"
 )
 
 const (
@@ -105,8 +111,10 @@ func (RecoverArgs) InsertOpts() river.InsertOpts {
 type Config struct {
 	// Store is the database (required).
 	Store *store.Store
-	// Workers is how many runs one process carries out at once; 0 makes an
-	// insert-only client (an API-only process). Default for Workers < 0: 20.
+	// Workers is how many runs one process carries out at once (River's
+	// MaxWorkers of the exec queue): a run occupies its slot from claim to
+	// finish, sleeping commands included. 0 makes an insert-only client (an
+	// API-only process). Default for Workers < 0: 500.
 	Workers int
 	// WorkerID names this process in leases and audit events.
 	// Default: hostname-pid.

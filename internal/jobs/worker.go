@@ -261,6 +261,10 @@ func (e *execution) carryOut(jobCtx context.Context) error {
 		if err != nil {
 			return e.leave(jobCtx, err)
 		}
+		if err := e.restore(jobCtx, r); err != nil {
+			r.Detach()
+			return e.leave(jobCtx, err)
+		}
 		e.w.cfg.Metrics.Recovered(metrics.RecoveryReattached, 1)
 	}
 
@@ -276,6 +280,49 @@ func (e *execution) carryOut(jobCtx context.Context) error {
 		state, msg = store.StateFailed, "the Consul session disappeared during the run; unfinished nodes are lost"
 	}
 	return e.close(jobCtx, r, res, state, string(res.Outcome), msg)
+}
+
+// restore tells a re-attached run what earlier claims stored: the engine
+// deletes stored acks and exits from KV during a run, so without this a
+// node that exited before the re-attach would look silent and the run
+// would wait out its quiet period for it. A database that is away is
+// waited out, the session renewed meanwhile, as the handler's is.
+func (e *execution) restore(ctx context.Context, r *consul.Run) error {
+	var nodes []store.NodeResult
+	backoff := 100 * time.Millisecond
+	for {
+		var err error
+		nodes, err = e.w.cfg.Store.RunNodes(ctx, e.run.ID)
+		if err == nil {
+			break
+		}
+		if store.Permanent(err) || ctx.Err() != nil {
+			return fmt.Errorf("read stored nodes: %w", err)
+		}
+		e.log.WarnContext(ctx, "read stored nodes; retrying", slog.Any("error", err))
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, maxFinishBackoff)
+	}
+	known := make([]consul.NodeResult, 0, len(nodes))
+	for _, n := range nodes {
+		k := consul.NodeResult{Node: n.Node}
+		if n.AckedAt != nil {
+			k.AckedAt = *n.AckedAt
+		}
+		if n.State == string(consul.NodeExited) && n.ExitCode != nil {
+			k.State, k.ExitCode = consul.NodeExited, *n.ExitCode
+			if n.ExitedAt != nil {
+				k.ExitedAt = *n.ExitedAt
+			}
+			e.exited[n.Node] = true
+		}
+		known = append(known, k)
+	}
+	r.Restore(known)
+	return nil
 }
 
 func (e *execution) client() (*consul.Client, error) {
