@@ -39,6 +39,7 @@ const (
 	EventSizeLimitDefault = 512
 	KVMaxValueSizeDefault = 512 * 1024
 	RoundIntervalDefault  = 100 * time.Millisecond
+	EventSpreadDefault    = 100 * time.Millisecond
 	MaxConnsDefault       = 32
 	TeardownTimeout       = 10 * time.Second
 	HandlerTimeout        = 30 * time.Second
@@ -97,8 +98,16 @@ type Config struct {
 	// RoundInterval is the least time between the starts of two watch
 	// rounds, so that reports arriving together (many nodes finishing at
 	// once) are read with one request rather than one each. It adds at most
-	// this much to a run's end. Default: 25ms.
+	// this much to a run's end. Default: 100ms.
 	RoundInterval time.Duration
+	// EventSpread is how long gossip may take to carry one more event of
+	// a run fired as several (a pinned target set too large for one):
+	// serf sends a few user events per gossip interval, so the last of n
+	// events reaches the agents about n × EventSpread after the first
+	// (measured: 62 ms an event for 295 events on 5,000 virtual agents).
+	// The quiet period does not start before then, or a run would end
+	// while its last events were still on their way. Default: 100ms.
+	EventSpread time.Duration
 	// MaxConns bounds the HTTP connections to the agent that the client
 	// opens at once (requests queue for one beyond it), and how many it
 	// keeps idle for reuse. An agent takes at most
@@ -123,6 +132,7 @@ func (c Config) WithDefaults() Config {
 	c.EventSizeLimit = cmp.Or(c.EventSizeLimit, EventSizeLimitDefault)
 	c.KVMaxValueSize = cmp.Or(c.KVMaxValueSize, KVMaxValueSizeDefault)
 	c.RoundInterval = cmp.Or(c.RoundInterval, RoundIntervalDefault)
+	c.EventSpread = cmp.Or(c.EventSpread, EventSpreadDefault)
 	c.MaxConns = cmp.Or(c.MaxConns, MaxConnsDefault)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -140,6 +150,8 @@ func (c Config) validate() error {
 		return errors.New("EventSizeLimit must be at least 128")
 	case c.RoundInterval < 0 || c.RoundInterval > time.Second:
 		return errors.New("RoundInterval must be between 0 and 1s")
+	case c.EventSpread < 0 || c.EventSpread > 10*time.Second:
+		return errors.New("EventSpread must be between 0 and 10s")
 	case c.MaxConns < 2 || c.MaxConns > 1000:
 		return errors.New("MaxConns must be between 2 and 1000")
 	case c.KVMaxValueSize < 1024:

@@ -519,3 +519,47 @@ func TestRunSessionTTLOnly(t *testing.T) {
 		t.Errorf("after %d handler failures: %s, output %q", failures, res.Outcome, c.output("web-1"))
 	}
 }
+
+// TestRunQuietWaitsForGossip: a run fired as several events does not end
+// quiet before its last event can have reached its nodes (EventSpread an
+// event), however short its quiet period: gossip carries a few events at a
+// time, and at thousands of nodes the last ones arrive seconds later.
+func TestRunQuietWaitsForGossip(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := ctxT(t, time.Minute)
+	const spread = 1500 * time.Millisecond
+	// An event limit that leaves room for one node name an event: with
+	// the prefix below, the event naming noexec-1 alone is 218 bytes.
+	c, err := consul.New(consul.Config{Address: b.cluster.Agent("web-1").HTTPAddr(), EventSizeLimit: 218, EventSpread: spread})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := b.spec("true")
+	spec.Prefix = "rexec-test/quiet-gossip" // of a fixed length, for the event limit above
+	spec.NodeFilter = "^(noexec-1|web-1)$"
+	spec.Wait = 300 * time.Millisecond
+	targets, err := c.Resolve(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var col collector
+	res, err := c.Run(ctx, spec, targets, col.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Events < 2 {
+		t.Fatalf("fired %d event(s); the test needs the targets split over at least 2", res.Events)
+	}
+	got := resultsByNode(res)
+	if n := got["noexec-1"]; n.State != consul.NodeNoAck {
+		t.Errorf("noexec-1: %s, want no_ack", n.State)
+	}
+	if n := got["web-1"]; n.State != consul.NodeExited {
+		t.Errorf("web-1: %s, want exited", n.State)
+	}
+	if took, least := res.FinishedAt.Sub(res.FiredAt), time.Duration(res.Events-1)*spread+spec.Wait; took < least {
+		t.Errorf("the run ended quiet %v after firing %d events, before the last could have spread (%v)", took, res.Events, least)
+	}
+	b.assertClean(t, res.Session)
+}

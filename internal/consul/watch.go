@@ -130,6 +130,12 @@ func (w *watcher) watch(ctx context.Context) (Outcome, error) {
 	sub := r.c.subscribe(r.spec.Prefix, r.dir)
 	defer sub.close()
 	lastActivity := time.Now()
+	// Gossip carries a run's events a few at a time: silence is not
+	// judged from before the last one can have reached its nodes.
+	var spread time.Time
+	if len(r.events) > 1 {
+		spread = r.firedAt.Add(time.Duration(len(r.events)-1) * r.c.cfg.EventSpread)
+	}
 	var failingSince time.Time
 	pending, quietChecked := false, false
 	// readFailed decides about a failed read: keep trying (nil) until it
@@ -154,7 +160,11 @@ func (w *watcher) watch(ctx context.Context) (Outcome, error) {
 		if w.acked > w.exited {
 			quiet *= 2
 		}
-		remaining := time.Until(lastActivity.Add(quiet))
+		since := lastActivity
+		if spread.After(since) {
+			since = spread
+		}
+		remaining := time.Until(since.Add(quiet))
 		// Silence is judged on a listing taken after the quiet period
 		// passed, the run's own: the shared watch may lag behind on a
 		// busy agent, and a run must not end for want of being read.
