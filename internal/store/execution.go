@@ -206,7 +206,9 @@ func (q *Queries) MarkFired(ctx context.Context, runID string, at time.Time) (bo
 
 const queryAck = `UPDATE run_nodes SET state = 'acked', acked_at = $3 WHERE run_id = $1 AND node = $2 AND acked_at IS NULL AND state = 'pending'`
 
-// RecordAck marks a node acknowledged; false if it already was.
+// RecordAck marks a node acknowledged; false if it already was. The worker
+// stores whole watch rounds with StoreRound; RecordAck, AppendChunk and
+// RecordExit store one report each, in a few round trips.
 func (q *Queries) RecordAck(ctx context.Context, runID, node string, at time.Time) (bool, error) {
 	tag, err := q.db.Exec(ctx, queryAck, runID, node, at)
 	if err != nil {
