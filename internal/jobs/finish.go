@@ -15,12 +15,29 @@ import (
 	"github.com/rexec/rexec/internal/store"
 )
 
-// handle stores one watch round in one transaction, idempotently. A lost
-// lease or an error retrying cannot fix detaches the engine; any other
-// error (the database is away) is retried by the engine, which meanwhile
-// reads nothing more and leaves the agents' reports in Consul.
+// handle stores one watch round in one transaction, idempotently, in a
+// number of round trips that does not grow with the nodes in the round
+// (store.StoreRound). A lost lease or an error retrying cannot fix
+// detaches the engine; any other error (the database is away) is retried
+// by the engine, which meanwhile reads nothing more and leaves the agents'
+// reports in Consul.
 func (e *execution) handle(ctx context.Context, events []consul.Event) error {
 	run := e.run
+	reports := make([]store.Report, 0, len(events))
+	for _, ev := range events {
+		r := store.Report{Node: ev.Node, Seq: ev.Seq, Data: ev.Data, ExitCode: ev.ExitCode, At: ev.At}
+		switch ev.Kind {
+		case consul.EventAck:
+			r.Kind = store.ReportAck
+		case consul.EventOutput:
+			r.Kind = store.ReportOutput
+		case consul.EventExit:
+			r.Kind = store.ReportExit
+		default:
+			continue // heartbeats only keep the run from looking quiet
+		}
+		reports = append(reports, r)
+	}
 	var archived int64 // output bytes this round stored, counted once it commits
 	err := e.w.cfg.Store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
 		archived = 0
@@ -30,33 +47,22 @@ func (e *execution) handle(ctx context.Context, events []consul.Event) error {
 		if err := e.recordUnrecordedFire(ctx, tx, q); err != nil {
 			return err
 		}
-		var evs []audit.Event
-		for _, ev := range events {
-			switch ev.Kind {
-			case consul.EventAck:
-				ok, err := q.RecordAck(ctx, run.ID, ev.Node, ev.At)
-				if err != nil {
-					return err
-				}
-				if ok {
-					evs = append(evs, e.nodeEvent(audit.NodeAcked, ev.Node, map[string]any{"acked_at": ev.At}))
-				}
-			case consul.EventOutput:
-				n, err := q.AppendChunk(ctx, run.ID, ev.Node, ev.Seq, ev.Data, run.OutputCap)
-				if err != nil {
-					return err
-				}
-				archived += int64(n)
-			case consul.EventExit:
-				out, ok, err := q.RecordExit(ctx, run.ID, ev.Node, ev.ExitCode, ev.At)
-				if err != nil {
-					return err
-				}
-				if ok {
-					data := outputAudit(out)
-					data["exit_code"], data["exited_at"] = ev.ExitCode, ev.At
-					evs = append(evs, e.nodeEvent(audit.NodeExited, ev.Node, data))
-				}
+		res, err := q.StoreRound(ctx, run.ID, run.OutputCap, reports)
+		if err != nil {
+			return err
+		}
+		archived = res.StoredBytes
+		// Only facts stored for the first time: a round handed again after
+		// a commit whose answer was lost writes no second event.
+		evs := make([]audit.Event, 0, len(res.Recorded))
+		for _, f := range res.Recorded {
+			switch f.Kind {
+			case store.ReportAck:
+				evs = append(evs, e.nodeEvent(audit.NodeAcked, f.Node, map[string]any{"acked_at": f.At}))
+			case store.ReportExit:
+				data := outputAudit(f.Output)
+				data["exit_code"], data["exited_at"] = f.ExitCode, f.At
+				evs = append(evs, e.nodeEvent(audit.NodeExited, f.Node, data))
 			}
 		}
 		if err := audit.Record(ctx, tx, evs...); err != nil {

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"slices"
 	"time"
 
@@ -205,7 +206,9 @@ func (q *Queries) MarkFired(ctx context.Context, runID string, at time.Time) (bo
 
 const queryAck = `UPDATE run_nodes SET state = 'acked', acked_at = $3 WHERE run_id = $1 AND node = $2 AND acked_at IS NULL AND state = 'pending'`
 
-// RecordAck marks a node acknowledged; false if it already was.
+// RecordAck marks a node acknowledged; false if it already was. The worker
+// stores whole watch rounds with StoreRound; RecordAck, AppendChunk and
+// RecordExit store one report each, in a few round trips.
 func (q *Queries) RecordAck(ctx context.Context, runID, node string, at time.Time) (bool, error) {
 	tag, err := q.db.Exec(ctx, queryAck, runID, node, at)
 	if err != nil {
@@ -234,7 +237,7 @@ func (q *Queries) AppendChunk(ctx context.Context, runID, node string, seq int, 
 	if err := q.db.QueryRow(ctx, queryLockNode, runID, node).Scan(&total, &stored, &state); err != nil {
 		return 0, fmt.Errorf("append chunk: %w", notFound(err))
 	}
-	keep := data[:min(int64(len(data)), max(0, outputCap-stored))]
+	keep := underCap(data, stored, outputCap)
 	tag, err := q.db.Exec(ctx, queryInsertChunk, runID, node, seq, keep)
 	if err != nil {
 		return 0, fmt.Errorf("append chunk: %w", err)
@@ -247,7 +250,7 @@ func (q *Queries) AppendChunk(ctx context.Context, runID, node string, seq int, 
 		return 0, err
 	}
 	h.Write(data)
-	state, err = h.(encoding.BinaryMarshaler).MarshalBinary()
+	state, err = marshalHash(h)
 	if err != nil {
 		return 0, fmt.Errorf("append chunk: %w", err)
 	}
@@ -257,7 +260,16 @@ func (q *Queries) AppendChunk(ctx context.Context, runID, node string, seq int, 
 	return len(keep), nil
 }
 
-func resumeHash(state []byte) (interface{ Write([]byte) (int, error) }, error) {
+// underCap is the part of a chunk that is archived when stored bytes of
+// its node's output are already: all of it up to the cap, nothing past it.
+// Every byte still counts and is hashed; only the archive is capped.
+func underCap(data []byte, stored, outputCap int64) []byte {
+	return data[:min(int64(len(data)), max(0, outputCap-stored))]
+}
+
+// resumeHash is the running sha256 of a node's output from its stored
+// state (none: nothing hashed yet).
+func resumeHash(state []byte) (hash.Hash, error) {
 	h := sha256.New()
 	if len(state) > 0 {
 		if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
@@ -267,12 +279,20 @@ func resumeHash(state []byte) (interface{ Write([]byte) (int, error) }, error) {
 	return h, nil
 }
 
+// marshalHash is the state of a running sha256, to store.
+func marshalHash(h hash.Hash) ([]byte, error) {
+	state, err := h.(encoding.BinaryMarshaler).MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("save output hash: %w", err)
+	}
+	return state, nil
+}
+
+// finalHash is the hex sha256 of a node's output from its stored state.
 func finalHash(state []byte) (string, error) {
-	h := sha256.New()
-	if len(state) > 0 {
-		if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
-			return "", fmt.Errorf("resume output hash: %w", err)
-		}
+	h, err := resumeHash(state)
+	if err != nil {
+		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
