@@ -23,52 +23,17 @@ import (
 // reports in Consul.
 func (e *execution) handle(ctx context.Context, events []consul.Event) error {
 	run := e.run
-	reports := make([]store.Report, 0, len(events))
-	for _, ev := range events {
-		r := store.Report{Node: ev.Node, Seq: ev.Seq, Data: ev.Data, ExitCode: ev.ExitCode, At: ev.At}
-		switch ev.Kind {
-		case consul.EventAck:
-			r.Kind = store.ReportAck
-		case consul.EventOutput:
-			r.Kind = store.ReportOutput
-		case consul.EventExit:
-			r.Kind = store.ReportExit
-		default:
-			continue // heartbeats only keep the run from looking quiet
-		}
-		reports = append(reports, r)
-	}
 	var archived int64 // output bytes this round stored, counted once it commits
 	err := e.w.cfg.Store.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
-		archived = 0
 		if err := q.HoldLease(ctx, run.ID, e.owner); err != nil {
 			return err
 		}
 		if err := e.recordUnrecordedFire(ctx, tx, q); err != nil {
 			return err
 		}
-		res, err := q.StoreRound(ctx, run.ID, run.OutputCap, reports)
-		if err != nil {
-			return err
-		}
-		archived = res.StoredBytes
-		// Only facts stored for the first time: a round handed again after
-		// a commit whose answer was lost writes no second event.
-		evs := make([]audit.Event, 0, len(res.Recorded))
-		for _, f := range res.Recorded {
-			switch f.Kind {
-			case store.ReportAck:
-				evs = append(evs, e.nodeEvent(audit.NodeAcked, f.Node, map[string]any{"acked_at": f.At}))
-			case store.ReportExit:
-				data := outputAudit(f.Output)
-				data["exit_code"], data["exited_at"] = f.ExitCode, f.At
-				evs = append(evs, e.nodeEvent(audit.NodeExited, f.Node, data))
-			}
-		}
-		if err := audit.Record(ctx, tx, evs...); err != nil {
-			return err
-		}
-		return q.NotifyRun(ctx, run.ID)
+		var err error
+		archived, err = StoreRound(ctx, tx, q, e.runEvent("", nil), run.OutputCap, events)
+		return err
 	})
 	if err != nil {
 		if store.Permanent(err) {
@@ -242,6 +207,55 @@ func (e *execution) nodeEvent(typ, node string, data map[string]any) audit.Event
 	ev := e.runEvent(typ, data)
 	ev.Node = node
 	return ev
+}
+
+// StoreRound stores a watch round of run's reports (store.StoreRound) in
+// the caller's transaction, with the audit events of the facts stored for
+// the first time — base, a run event of the caller's, with type, node and
+// data set for each — and notifies the run's followers. It returns the
+// output bytes stored. Workers store every round through it (and so does
+// the simulator's benchmark, to archive as they do).
+func StoreRound(ctx context.Context, tx pgx.Tx, q *store.Queries, base audit.Event, outputCap int64, events []consul.Event) (int64, error) {
+	reports := make([]store.Report, 0, len(events))
+	for _, ev := range events {
+		r := store.Report{Node: ev.Node, Seq: ev.Seq, Data: ev.Data, ExitCode: ev.ExitCode, At: ev.At}
+		switch ev.Kind {
+		case consul.EventAck:
+			r.Kind = store.ReportAck
+		case consul.EventOutput:
+			r.Kind = store.ReportOutput
+		case consul.EventExit:
+			r.Kind = store.ReportExit
+		default:
+			continue // heartbeats only keep the run from looking quiet
+		}
+		reports = append(reports, r)
+	}
+	res, err := q.StoreRound(ctx, base.RunID, outputCap, reports)
+	if err != nil {
+		return 0, err
+	}
+	// Only facts stored for the first time: a round handed again after a
+	// commit whose answer was lost writes no second event.
+	evs := make([]audit.Event, 0, len(res.Recorded))
+	for _, f := range res.Recorded {
+		ev := base
+		ev.Node = f.Node
+		switch f.Kind {
+		case store.ReportAck:
+			ev.Type, ev.Data = audit.NodeAcked, map[string]any{"acked_at": f.At}
+		case store.ReportExit:
+			ev.Type, ev.Data = audit.NodeExited, outputAudit(f.Output)
+			ev.Data["exit_code"], ev.Data["exited_at"] = f.ExitCode, f.At
+		default:
+			continue
+		}
+		evs = append(evs, ev)
+	}
+	if err := audit.Record(ctx, tx, evs...); err != nil {
+		return 0, err
+	}
+	return res.StoredBytes, q.NotifyRun(ctx, base.RunID)
 }
 
 // outputAudit is what the audit log keeps of a node's output when it ends:

@@ -14,6 +14,7 @@ import (
 
 	"github.com/rexec/rexec/internal/audit"
 	"github.com/rexec/rexec/internal/consul"
+	"github.com/rexec/rexec/internal/jobs"
 	"github.com/rexec/rexec/internal/simagent"
 	"github.com/rexec/rexec/internal/store"
 	"github.com/rexec/rexec/internal/testenv"
@@ -32,9 +33,9 @@ func envInt(tb testing.TB, name string, def int) int {
 	return n
 }
 
-// archive stores a run's reports as internal/jobs does (its execution
-// handler): one transaction per watch round, acks, chunks and exits through
-// internal/store, with their audit events. It counts what it stored.
+// archive stores a run's reports as a worker does: one transaction per
+// watch round, through jobs.StoreRound, with their audit events. It counts
+// what it stored.
 type archive struct {
 	st     *store.Store
 	run    store.Run
@@ -45,49 +46,21 @@ type archive struct {
 
 func (a *archive) handle(ctx context.Context, events []consul.Event) error {
 	start := time.Now()
-	var chunks, n int64
+	var stored int64
 	err := a.st.InTx(ctx, func(tx pgx.Tx, q *store.Queries) error {
-		chunks, n = 0, 0
-		var evs []audit.Event
-		node := func(typ, node string, data map[string]any) audit.Event {
-			return audit.Event{TenantID: a.run.TenantID, RunID: a.run.ID, Actor: "worker:bench", Type: typ, Node: node, Data: data}
-		}
-		for _, ev := range events {
-			switch ev.Kind {
-			case consul.EventAck:
-				ok, err := q.RecordAck(ctx, a.run.ID, ev.Node, ev.At)
-				if err != nil {
-					return err
-				}
-				if ok {
-					evs = append(evs, node(audit.NodeAcked, ev.Node, map[string]any{"acked_at": ev.At}))
-				}
-			case consul.EventOutput:
-				stored, err := q.AppendChunk(ctx, a.run.ID, ev.Node, ev.Seq, ev.Data, a.run.OutputCap)
-				if err != nil {
-					return err
-				}
-				chunks++
-				n += int64(stored)
-			case consul.EventExit:
-				out, ok, err := q.RecordExit(ctx, a.run.ID, ev.Node, ev.ExitCode, ev.At)
-				if err != nil {
-					return err
-				}
-				if ok {
-					evs = append(evs, node(audit.NodeExited, ev.Node, map[string]any{"exit_code": ev.ExitCode, "bytes": out.Bytes, "sha256": out.SHA256}))
-				}
-			}
-		}
-		if err := audit.Record(ctx, tx, evs...); err != nil {
-			return err
-		}
-		return q.NotifyRun(ctx, a.run.ID)
+		base := audit.Event{TenantID: a.run.TenantID, RunID: a.run.ID, Actor: "worker:bench"}
+		var err error
+		stored, err = jobs.StoreRound(ctx, tx, q, base, a.run.OutputCap, events)
+		return err
 	})
 	a.busy += time.Since(start)
 	if err == nil {
-		a.chunks += chunks
-		a.bytes += n
+		for _, ev := range events {
+			if ev.Kind == consul.EventOutput {
+				a.chunks++
+			}
+		}
+		a.bytes += stored
 	}
 	return err
 }
