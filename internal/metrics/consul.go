@@ -20,7 +20,7 @@ var ConsulEndpoints = []string{
 	"health/service", "health/state", "health/node", "health/checks",
 	"agent/self", "agent/members",
 	"acl/token/self", "acl/token", "acl/policy",
-	"internal/acl/authorize",
+	"internal/acl/authorize", "internal/ui/nodes",
 	"status/leader", "status/peers",
 }
 
