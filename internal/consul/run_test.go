@@ -351,9 +351,12 @@ func TestRunReattach(t *testing.T) {
 	}
 }
 
-// TestRunPinnedFilterSplit runs on seven 63-byte node names, whose pinned
-// filter passes the event limit, after one of the seven was away when the
-// target set was resolved: the command runs on exactly the six resolved.
+// TestRunPinnedFilterSplit runs on seven 63-byte node names, after one of
+// the seven was away when the target set was resolved: the command runs on
+// exactly the six resolved. The names differ in one character, so their
+// compressed filter is long-[1-6]-x…x, which the seventh misses by that
+// character; the client's event size limit is lowered to what an event
+// naming two of them needs, so the filter is split over several events.
 // Not parallel: it stops an agent.
 func TestRunPinnedFilterSplit(t *testing.T) {
 	b := setup(t)
@@ -391,8 +394,19 @@ func TestRunPinnedFilterSplit(t *testing.T) {
 		t.Fatalf("after restart the filter matches %d nodes (%v), want 7", len(now), err)
 	}
 
+	// The smallest limit at which two targets fit one event.
+	var client *consul.Client
+	for limit := 128; client == nil; limit++ {
+		c, err := consul.New(consul.Config{Address: b.cluster.Agent("web-1").HTTPAddr(), EventSizeLimit: limit})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.CheckPlan(spec, targets[:2]) == nil {
+			client = c
+		}
+	}
 	var col collector
-	r, err := b.client.Prepare(ctx, spec, targets)
+	r, err := client.Prepare(ctx, spec, targets)
 	if err != nil {
 		t.Fatal(err)
 	}
