@@ -394,16 +394,21 @@ func TestRunPinnedFilterSplit(t *testing.T) {
 		t.Fatalf("after restart the filter matches %d nodes (%v), want 7", len(now), err)
 	}
 
-	// The smallest limit at which two targets fit one event.
-	var client *consul.Client
-	for limit := 128; client == nil; limit++ {
-		c, err := consul.New(consul.Config{Address: b.cluster.Agent("web-1").HTTPAddr(), EventSizeLimit: limit})
+	// The smallest limit at which two targets fit one event (CheckPlan
+	// contacts no agent).
+	limit := 128
+	for ; ; limit++ {
+		c, err := consul.New(consul.Config{EventSizeLimit: limit})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if c.CheckPlan(spec, targets[:2]) == nil {
-			client = c
+			break
 		}
+	}
+	client, err := consul.New(consul.Config{Address: b.cluster.Agent("web-1").HTTPAddr(), EventSizeLimit: limit})
+	if err != nil {
+		t.Fatal(err)
 	}
 	var col collector
 	r, err := client.Prepare(ctx, spec, targets)
@@ -417,6 +422,7 @@ func TestRunPinnedFilterSplit(t *testing.T) {
 	if res.Events < 2 {
 		t.Errorf("fired %d events, want the filter split over at least 2", res.Events)
 	}
+	t.Logf("%d targets in %d events with a %d-byte event limit", len(targets), res.Events, limit)
 	// Each event's ID and the nodes it names (for the audit log): every
 	// target exactly once, each event its own ID.
 	_, fired := r.FiredAt()
