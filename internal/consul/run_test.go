@@ -394,18 +394,11 @@ func TestRunPinnedFilterSplit(t *testing.T) {
 		t.Fatalf("after restart the filter matches %d nodes (%v), want 7", len(now), err)
 	}
 
-	// The smallest limit at which two targets fit one event (CheckPlan
-	// contacts no agent).
-	limit := 128
-	for ; ; limit++ {
-		c, err := consul.New(consul.Config{EventSizeLimit: limit})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if c.CheckPlan(spec, targets[:2]) == nil {
-			break
-		}
-	}
+	// The limit is the size of an event naming the first two targets
+	// (long-[12]-x…): three names (long-[1-3]-x…) take a byte more.
+	names := nodeNames(targets)
+	slices.Sort(names)
+	limit := consul.PinnedEventSize(spec, names[:2])
 	client, err := consul.New(consul.Config{Address: b.cluster.Agent("web-1").HTTPAddr(), EventSizeLimit: limit})
 	if err != nil {
 		t.Fatal(err)
@@ -419,8 +412,8 @@ func TestRunPinnedFilterSplit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Events < 2 {
-		t.Errorf("fired %d events, want the filter split over at least 2", res.Events)
+	if res.Events != 3 {
+		t.Errorf("fired %d events, want the filter split over 3, two names each", res.Events)
 	}
 	t.Logf("%d targets in %d events with a %d-byte event limit", len(targets), res.Events, limit)
 	// Each event's ID and the nodes it names (for the audit log): every
