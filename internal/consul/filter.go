@@ -3,8 +3,6 @@ package consul
 import (
 	"encoding/json"
 	"fmt"
-	"regexp"
-	"strings"
 	"unicode/utf8"
 )
 
@@ -93,13 +91,11 @@ func mpBin(n int) int {
 	return 5 + n
 }
 
-// anchoredFilter is a node filter that matches exactly the given names.
+// anchoredFilter is a node filter that matches exactly the given names:
+// their compressed regex (pin.go), anchored.
 func anchoredFilter(names []string) string {
-	quoted := make([]string, len(names))
-	for i, n := range names {
-		quoted[i] = regexp.QuoteMeta(n)
-	}
-	return "^(?:" + strings.Join(quoted, "|") + ")$"
+	f, _ := pinFilter(names)
+	return f
 }
 
 // EventTooLargeError is a pinned event that cannot fit the user event size
@@ -120,6 +116,29 @@ func (e *EventTooLargeError) Error() string {
 		e.Node, e.Limit, e.Size)
 }
 
+// MaxPinnedEvents bounds the user events one run may fire. Serf drops a
+// user event whose Lamport time is more than its event buffer (512, which
+// Consul keeps) behind the newest it has seen, and every run and every
+// other user event in the cluster advance that one clock: a run's events
+// go out one after another, so a burst near 512 could be partly dropped
+// by a slow agent while other runs fire too. 128 leaves three quarters of
+// the window to concurrent runs, and bounds the gossip a run costs (each
+// event reaches every node) to 128 × 512 bytes per node. With compressed
+// filters it is far from ordinary target sets: 5,000 sequential names fit
+// one event.
+const MaxPinnedEvents = 128
+
+// TooManyEventsError is a target set whose pinned filters need more user
+// events than MaxPinnedEvents.
+type TooManyEventsError struct {
+	Targets, Events, Limit int
+}
+
+func (e *TooManyEventsError) Error() string {
+	return fmt.Sprintf("pinning these %d target nodes needs %d user events, over the limit of %d per run (Consul agents drop user events that fall too far behind): narrow the node, service or tag filter, or split the run",
+		e.Targets, e.Events, e.Limit)
+}
+
 // pinnedFilters splits names (sorted, distinct) into as few anchored node
 // filters as fit, each in an event within limit bytes together with payload
 // and the service and tag filters.
@@ -135,40 +154,62 @@ func pinnedFilters(names []string, payload []byte, serviceFilter, tagFilter stri
 	return out, nil
 }
 
-// pinnedGroups is pinnedFilters' split: the names each filter pins.
+// pinnedGroups is pinnedFilters' split: the names each filter pins, runs of
+// consecutive names, at most MaxPinnedEvents of them.
+//
+// Each group is grown greedily, but by galloping: it tries 1, 2, 4… names
+// until a filter does not fit, then bisects between the last that fits and
+// the first that does not, and ends the group where n names fit and n+1 do
+// not. A compressed filter's size is not quite monotone in the names it
+// holds (adding 4 to [1-35] makes [1-5]), so this may stop a little before
+// some larger prefix that would fit; the price of building each filter
+// O(log n) times rather than once per name, which at 5,000 names in one
+// event would be quadratic.
 func pinnedGroups(names []string, payload []byte, serviceFilter, tagFilter string, limit int) ([][]string, error) {
-	size := func(group []string) int {
-		return userEventSize(eventName, payload, anchoredFilter(group), serviceFilter, tagFilter)
+	size := func(group []string) (int, bool) {
+		f, depth := pinFilter(group)
+		return userEventSize(eventName, payload, f, serviceFilter, tagFilter), depth <= maxFilterGroups
+	}
+	fits := func(group []string) bool {
+		s, ok := size(group)
+		return ok && s <= limit
 	}
 	// The shortest pinned filter, naming one empty name: when even that
 	// does not fit, no node name is to blame.
-	if s := size([]string{""}); s > limit {
+	if s, _ := size([]string{""}); s > limit {
 		return nil, &EventTooLargeError{Size: s, Limit: limit}
 	}
-	var out [][]string
-	var group []string
 	for _, n := range names {
 		// Agents compile the filter with Go's regexp, which refuses
 		// invalid UTF-8 even when quoted.
 		if !utf8.ValidString(n) {
 			return nil, &TextError{Field: fmt.Sprintf("node name %q", n), Problem: "is not valid UTF-8: no node filter can name it"}
 		}
-		try := append(group, n)
-		if size(try) <= limit {
-			group = try
-			continue
-		}
-		if len(group) == 0 {
-			return nil, &EventTooLargeError{Node: n, Size: size(try), Limit: limit}
-		}
-		out = append(out, group)
-		group = []string{n}
-		if s := size(group); s > limit {
-			return nil, &EventTooLargeError{Node: n, Size: s, Limit: limit}
-		}
 	}
-	if len(group) > 0 {
-		out = append(out, group)
+	var out [][]string
+	for rest := names; len(rest) > 0; {
+		if !fits(rest[:1]) {
+			s, _ := size(rest[:1])
+			return nil, &EventTooLargeError{Node: rest[0], Size: s, Limit: limit}
+		}
+		ok, bad := 1, 2 // rest[:ok] fits; rest[:bad] does not, or is past the end
+		for bad <= len(rest) && fits(rest[:bad]) {
+			ok, bad = bad, 2*bad
+		}
+		bad = min(bad, len(rest)+1)
+		for bad-ok > 1 {
+			mid := ok + (bad-ok)/2
+			if fits(rest[:mid]) {
+				ok = mid
+			} else {
+				bad = mid
+			}
+		}
+		out = append(out, rest[:ok:ok])
+		rest = rest[ok:]
+	}
+	if len(out) > MaxPinnedEvents {
+		return nil, &TooManyEventsError{Targets: len(names), Events: len(out), Limit: MaxPinnedEvents}
 	}
 	return out, nil
 }

@@ -13,9 +13,10 @@ import (
 const nameSep = "\x1f"
 
 // FuzzPinnedFilters: the pinned node filters compile as Go regexps (which
-// agents use), match every target name exactly once and no other name, and
-// each event fits the limit as userEventSize counts it. When it fails, the
-// error says truly why.
+// agents use), match every target name exactly once and no other name (of
+// many near misses: prefixes, extensions, one rune changed, dropped or
+// doubled), and each event fits the limit as userEventSize counts it. When
+// it fails, the error says truly why.
 func FuzzPinnedFilters(f *testing.F) {
 	long := strings.Repeat("x", 63)
 	for _, s := range []struct {
@@ -36,6 +37,10 @@ func FuzzPinnedFilters(f *testing.F) {
 		{names: "web-1", prefix: "_rexec/" + strings.Repeat("p", 450)},
 		{names: "a" + nameSep + "b", prefix: "_rexec", limit: 1},
 		{names: "web-1" + nameSep + "web-2" + nameSep + "web-3", other: "web-4", prefix: "_rexec", limit: 2000},
+		{names: strings.Join(seq("web-%03d", 120), nameSep), other: "web-000", prefix: "_rexec"},
+		{names: "web" + nameSep + "web-1" + nameSep + "web-10" + nameSep + "web-2", other: "web-", prefix: "_rexec"},
+		{names: "a.b" + nameSep + "a]b" + nameSep + "a^b" + nameSep + `a\b` + nameSep + "a-b" + nameSep + "[:a:]", other: "a_b", prefix: "_rexec"},
+		{names: "n-ä1" + nameSep + "n-ä2" + nameSep + "n-ä3" + nameSep + "n-ö3", other: "n-ö1", prefix: "_rexec", limit: 130},
 	} {
 		f.Add(s.names, s.other, s.prefix, s.service, s.tag, s.limit)
 	}
@@ -58,7 +63,12 @@ func FuzzPinnedFilters(f *testing.F) {
 		filters, err := pinnedFilters(names, payload, service, tag, limit)
 		if err != nil {
 			var ev *EventTooLargeError
+			var tooMany *TooManyEventsError
 			switch {
+			case errors.As(err, &tooMany):
+				if tooMany.Targets != len(names) || tooMany.Events <= tooMany.Limit || tooMany.Limit != MaxPinnedEvents {
+					t.Fatalf("%v, for %d names", err, len(names))
+				}
 			case errors.As(err, &ev) && ev.Node == "":
 				if s := userEventSize(eventName, payload, anchoredFilter([]string{""}), service, tag); s <= limit || s != ev.Size {
 					t.Fatalf("%v, but the shortest pinned event is %d bytes", err, s)
@@ -107,6 +117,11 @@ func FuzzPinnedFilters(f *testing.F) {
 		outsiders := []string{other, "", other + "\n", "\n" + other}
 		for _, n := range names {
 			outsiders = append(outsiders, n+"x", "x"+n, n+"\n", n[:len(n)-1], n[1:], strings.ToUpper(n), n+n)
+		}
+		// Near misses cost about 10 strings per rune of the names, each
+		// matched against every filter: within reason for the fuzzer.
+		if total := len(strings.Join(names, "")); total*len(filters) <= 4000 {
+			outsiders = append(outsiders, nearMisses(names)...)
 		}
 		for _, n := range outsiders {
 			if !slices.Contains(names, n) && hits(n) != 0 {

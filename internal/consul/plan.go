@@ -29,7 +29,8 @@ func (c *Client) CheckSpec(spec Spec) error {
 // everything else at submission.
 //
 // Errors: those of Spec.Validate, ErrNoTargets, *EventTooLargeError when an
-// event cannot fit, and plain errors for a malformed target set.
+// event cannot fit, *TooManyEventsError when the targets need more than
+// MaxPinnedEvents events, and plain errors for a malformed target set.
 func (c *Client) CheckPlan(spec Spec, targets []Node) error {
 	if len(targets) == 0 {
 		return ErrNoTargets

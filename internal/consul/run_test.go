@@ -351,9 +351,12 @@ func TestRunReattach(t *testing.T) {
 	}
 }
 
-// TestRunPinnedFilterSplit runs on seven 63-byte node names, whose pinned
-// filter passes the event limit, after one of the seven was away when the
-// target set was resolved: the command runs on exactly the six resolved.
+// TestRunPinnedFilterSplit runs on seven 63-byte node names, after one of
+// the seven was away when the target set was resolved: the command runs on
+// exactly the six resolved. The names differ in one character, so their
+// compressed filter is long-[1-6]-x…x, which the seventh misses by that
+// character; the client's event size limit is lowered to what an event
+// naming two of them needs, so the filter is split over several events.
 // Not parallel: it stops an agent.
 func TestRunPinnedFilterSplit(t *testing.T) {
 	b := setup(t)
@@ -391,8 +394,17 @@ func TestRunPinnedFilterSplit(t *testing.T) {
 		t.Fatalf("after restart the filter matches %d nodes (%v), want 7", len(now), err)
 	}
 
+	// The limit is the size of an event naming the first two targets
+	// (long-[12]-x…): three names (long-[1-3]-x…) take a byte more.
+	names := nodeNames(targets)
+	slices.Sort(names)
+	limit := consul.PinnedEventSize(spec, names[:2])
+	client, err := consul.New(consul.Config{Address: b.cluster.Agent("web-1").HTTPAddr(), EventSizeLimit: limit})
+	if err != nil {
+		t.Fatal(err)
+	}
 	var col collector
-	r, err := b.client.Prepare(ctx, spec, targets)
+	r, err := client.Prepare(ctx, spec, targets)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -400,9 +412,10 @@ func TestRunPinnedFilterSplit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Events < 2 {
-		t.Errorf("fired %d events, want the filter split over at least 2", res.Events)
+	if res.Events != 3 {
+		t.Errorf("fired %d events, want the filter split over 3, two names each", res.Events)
 	}
+	t.Logf("%d targets in %d events with a %d-byte event limit", len(targets), res.Events, limit)
 	// Each event's ID and the nodes it names (for the audit log): every
 	// target exactly once, each event its own ID.
 	_, fired := r.FiredAt()

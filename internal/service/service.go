@@ -422,15 +422,18 @@ func checkPrefix(p, tenant string) error {
 // planError maps an error of the engine's checks of a spec and its targets
 // to its kind: a request that is too large for Consul is 413; a target that
 // cannot be pinned (a node name too long for an event of its own) is 422,
-// as is a filter that matches nothing; everything else is the request's
-// fault, 400.
+// as is a filter that matches nothing, and one that matches more nodes than
+// a run's events can pin (the request is well formed and small; the target
+// set it resolves to is what cannot be processed); everything else is the
+// request's fault, 400.
 func planError(err error) error {
 	var tooLarge *consul.SpecTooLargeError
 	var event *consul.EventTooLargeError
+	var tooMany *consul.TooManyEventsError
 	switch {
 	case errors.As(err, &tooLarge), errors.As(err, &event) && event.Node == "":
 		return errorf(ErrTooLarge, "%v", err)
-	case errors.As(err, &event), errors.Is(err, consul.ErrNoTargets):
+	case errors.As(err, &event), errors.Is(err, consul.ErrNoTargets), errors.As(err, &tooMany):
 		return errorf(ErrUnprocessable, "%v", err)
 	}
 	return errorf(ErrInvalid, "%v", err)

@@ -66,6 +66,7 @@ func TestPlanError(t *testing.T) {
 		{&consul.EventTooLargeError{Node: "n", Size: 600, Limit: 512}, ErrUnprocessable},
 		{fmt.Errorf("wrapped: %w", &consul.EventTooLargeError{Node: "n", Size: 600, Limit: 512}), ErrUnprocessable},
 		{consul.ErrNoTargets, ErrUnprocessable},
+		{&consul.TooManyEventsError{Targets: 60000, Events: 300, Limit: 128}, ErrUnprocessable},
 		{errors.New("duplicate target node"), ErrInvalid},
 	} {
 		got := planError(tc.err)
