@@ -40,6 +40,7 @@ const (
 	KVMaxValueSizeDefault = 512 * 1024
 	RoundIntervalDefault  = 25 * time.Millisecond
 	EventSpreadDefault    = 100 * time.Millisecond
+	MaxStartingDefault    = 16
 	MaxConnsDefault       = 32
 	TeardownTimeout       = 10 * time.Second
 	HandlerTimeout        = 30 * time.Second
@@ -103,6 +104,10 @@ type Config struct {
 	// made a trivial run about 50 ms slower end to end, measured with
 	// BenchmarkCLIVsConsulExec).
 	RoundInterval time.Duration
+	// MaxStarting bounds the runs of this client between Prepare and the
+	// end of Fire at once (session, job spec, firing); others wait in
+	// Prepare before writing anything. Default: 16.
+	MaxStarting int
 	// EventSpread is how long gossip may take to carry one more event of
 	// a run fired as several (a pinned target set too large for one):
 	// serf sends a few user events per gossip interval, so the last of n
@@ -136,6 +141,7 @@ func (c Config) WithDefaults() Config {
 	c.KVMaxValueSize = cmp.Or(c.KVMaxValueSize, KVMaxValueSizeDefault)
 	c.RoundInterval = cmp.Or(c.RoundInterval, RoundIntervalDefault)
 	c.EventSpread = cmp.Or(c.EventSpread, EventSpreadDefault)
+	c.MaxStarting = cmp.Or(c.MaxStarting, MaxStartingDefault)
 	c.MaxConns = cmp.Or(c.MaxConns, MaxConnsDefault)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -153,6 +159,8 @@ func (c Config) validate() error {
 		return errors.New("EventSizeLimit must be at least 128")
 	case c.RoundInterval < 0 || c.RoundInterval > time.Second:
 		return errors.New("RoundInterval must be between 0 and 1s")
+	case c.MaxStarting < 1:
+		return errors.New("MaxStarting must be positive")
 	case c.EventSpread < 0 || c.EventSpread > 10*time.Second:
 		return errors.New("EventSpread must be between 0 and 10s")
 	case c.MaxConns < 2 || c.MaxConns > 1000:
@@ -169,13 +177,21 @@ func (c Config) validate() error {
 type Client struct {
 	cfg Config
 	api *api.Client
-	log *slog.Logger
+	// fire carries event fires alone, over connections of their own: a
+	// run marked firing must not wait for a connection behind other runs'
+	// Raft writes (hundreds of runs starting at once fill the pool).
+	fire *api.Client
+	log  *slog.Logger
 
 	// http and base carry the requests consul/api has no method for (the
 	// ACL authorize endpoint wants POST) over the same transport, TLS and
 	// address as every other request.
 	http *http.Client
 	base url.URL
+
+	// starting is the start gate (enterStart): one token per run between
+	// Prepare and the end of Fire.
+	starting chan struct{}
 
 	// watches are the shared key watches, by prefix (keywatch.go).
 	watchMu sync.Mutex
@@ -191,12 +207,41 @@ func New(cfg Config) (*Client, error) {
 	// Built from scratch rather than from api.DefaultConfig, which reads
 	// CONSUL_HTTP_TOKEN and friends: a connection is exactly what its
 	// configuration says, whatever the process environment holds.
+	ac, err := newAPI(cfg, cfg.MaxConns)
+	if err != nil {
+		return nil, err
+	}
+	client, err := api.NewClient(ac)
+	if err != nil {
+		return nil, fmt.Errorf("consul client: %w", err)
+	}
+	fc, err := newAPI(cfg, fireConns)
+	if err != nil {
+		return nil, err
+	}
+	fire, err := api.NewClient(fc)
+	if err != nil {
+		return nil, fmt.Errorf("consul client: %w", err)
+	}
+	// api.NewClient completed ac: its HTTP client, scheme, address and
+	// path prefix are the ones every consul/api request uses.
+	base := url.URL{Scheme: ac.Scheme, Host: ac.Address, Path: ac.PathPrefix}
+	return &Client{cfg: cfg, api: client, fire: fire, log: cfg.Logger, http: ac.HttpClient, base: base,
+		starting: make(chan struct{}, cfg.MaxStarting)}, nil
+}
+
+// fireConns bounds the connections that carry event fires.
+const fireConns = 4
+
+// newAPI is the consul/api configuration of cfg, over an HTTP client of its
+// own with at most maxConns connections (cfg.HTTPClient's copy when set).
+func newAPI(cfg Config, maxConns int) (*api.Config, error) {
 	ac := &api.Config{
 		Address:    cfg.Address,
 		Scheme:     "http",
 		Datacenter: cfg.Datacenter,
 		Token:      cfg.Token,
-		Transport:  transport(cfg.MaxConns),
+		Transport:  transport(maxConns),
 	}
 	if cfg.TLS.on() {
 		ac.Scheme = "https"
@@ -223,20 +268,13 @@ func New(cfg Config) (*Client, error) {
 		}
 		ac.HttpClient = hc
 	}
-	client, err := api.NewClient(ac)
-	if err != nil {
-		return nil, fmt.Errorf("consul client: %w", err)
-	}
 	// api.NewClient still takes the token (CONSUL_HTTP_TOKEN,
 	// CONSUL_HTTP_TOKEN_FILE) and namespace from the environment when the
 	// configuration has none: the transport puts back what the tenant's
 	// configuration says, so that a tenant without a token never speaks
-	// with the service's. The api client keeps this pointer.
+	// with the service's. api.NewClient keeps this HTTP client.
 	ac.HttpClient.Transport = cfg.Metrics.ConsulTransport(pinnedIdentity{token: cfg.Token, next: ac.HttpClient.Transport})
-	// api.NewClient completed ac: its HTTP client, scheme, address and
-	// path prefix are the ones every consul/api request uses.
-	base := url.URL{Scheme: ac.Scheme, Host: ac.Address, Path: ac.PathPrefix}
-	return &Client{cfg: cfg, api: client, log: cfg.Logger, http: ac.HttpClient, base: base}, nil
+	return ac, nil
 }
 
 // transport is a pooled transport that opens at most maxConns connections

@@ -55,6 +55,10 @@ type Run struct {
 	mu      sync.Mutex
 	done    bool // closed or detached
 	watched bool
+
+	// started releases the run's place at the client's start gate (once),
+	// when it has fired or will not.
+	started func()
 }
 
 // Run resolves nothing: it prepares and executes spec on exactly targets.
@@ -93,11 +97,17 @@ func (c *Client) Prepare(ctx context.Context, spec Spec, targets []Node) (*Run, 
 		return nil, fmt.Errorf("encode job spec: %w", err)
 	}
 
-	session, err := c.createSession(ctx)
+	release, err := c.enterStart(ctx)
 	if err != nil {
 		return nil, err
 	}
+	session, err := c.createSession(ctx)
+	if err != nil {
+		release()
+		return nil, err
+	}
 	r := c.newRun(spec, names, session)
+	r.started = release
 	r.groups = groups
 	r.startRenewal()
 
@@ -315,6 +325,7 @@ func (r *Run) Close(ctx context.Context) error {
 	}
 	r.done = true
 	r.mu.Unlock()
+	r.leaveStart()
 	r.stopRenewal()
 	return r.destroy(ctx)
 }
@@ -349,6 +360,7 @@ func (r *Run) Detach() {
 	r.mu.Lock()
 	r.done = true
 	r.mu.Unlock()
+	r.leaveStart()
 	r.stopRenewal()
 }
 
@@ -398,6 +410,7 @@ func (r *Run) Fire(ctx context.Context, before func(context.Context) error) erro
 		return fmt.Errorf("%w: run already fired, attached or closed", ErrNotFired)
 	}
 	r.mu.Unlock()
+	defer r.leaveStart()
 	fail := func(err error) error {
 		r.teardown(ctx)
 		return fmt.Errorf("%w: %w", ErrNotFired, err)
@@ -424,7 +437,7 @@ func (r *Run) Fire(ctx context.Context, before func(context.Context) error) erro
 		if before != nil || i > 0 {
 			fctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), TeardownTimeout)
 		}
-		id, _, err := r.c.api.Event().Fire(ev, (&api.WriteOptions{}).WithContext(fctx))
+		id, _, err := r.c.fire.Event().Fire(ev, (&api.WriteOptions{}).WithContext(fctx))
 		cancel()
 		if err != nil {
 			if i == 0 && before == nil {
@@ -455,3 +468,27 @@ type FiredEvent struct {
 // FiredAt is when the first event went out (zero before, or for an
 // attached run), and the events that did, in order.
 func (r *Run) FiredAt() (time.Time, []FiredEvent) { return r.firedAt, r.events }
+
+// enterStart waits for a place at the client's start gate: at most
+// MaxStarting runs are between Prepare and the end of Fire at once. Hundreds
+// of runs claimed together would otherwise create their sessions and job
+// specs all at once, and a run marked firing could wait longer for its
+// event to be accepted than it may (a worker's 500 runs at once lost a
+// quarter of their fires to timeouts). A run waiting here has written
+// nothing yet.
+func (c *Client) enterStart(ctx context.Context) (release func(), err error) {
+	select {
+	case c.starting <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("wait to start: %w", context.Cause(ctx))
+	}
+	var once sync.Once
+	return func() { once.Do(func() { <-c.starting }) }, nil
+}
+
+// leaveStart releases the run's place at the start gate, if it holds one.
+func (r *Run) leaveStart() {
+	if r.started != nil {
+		r.started()
+	}
+}
