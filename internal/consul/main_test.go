@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -50,26 +49,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// counter counts the HTTP requests a client sends.
-type counter struct {
-	base   http.RoundTripper
-	all    atomic.Int64
-	writes atomic.Int64
-}
-
-func (c *counter) RoundTrip(r *http.Request) (*http.Response, error) {
-	c.all.Add(1)
-	if r.Method != http.MethodGet {
-		c.writes.Add(1)
-	}
-	return c.base.RoundTrip(r)
-}
-
 type bundle struct {
 	cluster *localconsul.Cluster
 	client  *consul.Client
 	api     *api.Client
-	count   *counter
+	count   *testenv.HTTPCounter
 	prefix  string
 }
 
@@ -78,7 +62,7 @@ type bundle struct {
 func setup(t *testing.T) *bundle {
 	t.Helper()
 	cl := testenv.Cluster(t)
-	cnt := &counter{base: http.DefaultTransport}
+	cnt := testenv.NewHTTPCounter()
 	addr := cl.Agent("web-1").HTTPAddr()
 	c, err := consul.New(consul.Config{Address: addr, HTTPClient: &http.Client{Transport: cnt}, Logger: testenv.Logger(t)})
 	if err != nil {

@@ -22,7 +22,7 @@ func TestRunMetrics(t *testing.T) {
 	cl := testenv.Cluster(t)
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg)
-	cnt := &counter{base: http.DefaultTransport}
+	cnt := testenv.NewHTTPCounter()
 	hc := &http.Client{Transport: cnt}
 	c, err := consul.New(consul.Config{Address: cl.Agent("web-1").HTTPAddr(), HTTPClient: hc, Logger: testenv.Logger(t), Metrics: m})
 	if err != nil {
@@ -74,7 +74,7 @@ func TestRunMetrics(t *testing.T) {
 	}
 	// Every request the engine sent went through the caller's client and
 	// was counted once.
-	if got := float64(cnt.all.Load()); got != total {
+	if got := float64(cnt.Requests.Load()); got != total {
 		t.Errorf("the HTTP client carried %v requests, the metrics counted %v: %v", got, total, requests)
 	}
 }

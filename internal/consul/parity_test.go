@@ -218,7 +218,7 @@ func TestValidation(t *testing.T) {
 		{note: "node name too long for an event", spec: consul.Spec{Argv: []string{"true"}}, targets: []consul.Node{{Name: strings.Repeat("n", 500)}}, msg: "too long to fit"},
 	} {
 		t.Run(tc.note, func(t *testing.T) {
-			before := b.count.all.Load()
+			before := b.count.Requests.Load()
 			targets := tc.targets
 			if targets == nil {
 				targets = web1
@@ -237,7 +237,7 @@ func TestValidation(t *testing.T) {
 				t.Errorf("err = %q, want it to mention %q", err, tc.msg)
 			}
 			// Refused before anything was sent to Consul: nothing half-written.
-			if n := b.count.all.Load() - before; n != 0 {
+			if n := b.count.Requests.Load() - before; n != 0 {
 				t.Errorf("%d requests sent to Consul", n)
 			}
 			if tc.spec.WithDefaults().Validate(0) == nil && tc.targets == nil {
@@ -261,12 +261,12 @@ func TestValidation(t *testing.T) {
 	})
 
 	t.Run("filter that matches no node writes nothing", func(t *testing.T) {
-		before := b.count.writes.Load()
+		before := b.count.Writes.Load()
 		_, err := b.client.Resolve(ctx, consul.Spec{Argv: []string{"true"}, NodeFilter: "^no-such-node$"})
 		if !errors.Is(err, consul.ErrNoTargets) {
 			t.Fatalf("err = %v", err)
 		}
-		if n := b.count.writes.Load() - before; n != 0 {
+		if n := b.count.Writes.Load() - before; n != 0 {
 			t.Errorf("%d write requests", n)
 		}
 	})

@@ -125,7 +125,7 @@ func BenchmarkEngineScale(b *testing.B) {
 		b.Fatal(err)
 	}
 
-	cnt := newCounter()
+	cnt := testenv.NewHTTPCounter()
 	c := engine(b, cnt)
 	// REXEC_BENCH_WAIT_S sets the run's wait (the quiet period). With
 	// thousands of nodes the default 2s can end a run before its last
@@ -138,14 +138,14 @@ func BenchmarkEngineScale(b *testing.B) {
 	sim0 := sim.Stats()
 	var resolveT, fireAll, gossipSpan, toFire, toAcks, toClassified, teardown, busy time.Duration
 	for b.Loop() {
-		n0 := cnt.requests.Load()
+		n0 := cnt.Requests.Load()
 		start := time.Now()
 		targets, err := c.Resolve(ctx, spec)
 		if err != nil {
 			b.Fatal(err)
 		}
 		resolveT += time.Since(start)
-		resolveReq += cnt.requests.Load() - n0
+		resolveReq += cnt.Requests.Load() - n0
 		if len(targets) != nodes {
 			b.Fatalf("resolved %d targets, want %d", len(targets), nodes)
 		}
@@ -156,7 +156,7 @@ func BenchmarkEngineScale(b *testing.B) {
 			b.Fatal(err)
 		}
 		arc := &archive{st: st, run: run}
-		n0, bytes0 := cnt.requests.Load(), cnt.bytes.Load()
+		n0, bytes0 := cnt.Requests.Load(), cnt.Bytes.Load()
 		start = time.Now()
 		// Client.Run, step by step, to time the firing of every event.
 		r, err := c.Prepare(ctx, spec, targets)
@@ -179,8 +179,8 @@ func BenchmarkEngineScale(b *testing.B) {
 			b.Fatal(err)
 		}
 		end := time.Now()
-		req += cnt.requests.Load() - n0
-		readBytes += cnt.bytes.Load() - bytes0
+		req += cnt.Requests.Load() - n0
+		readBytes += cnt.Bytes.Load() - bytes0
 		var lastAck time.Time
 		for _, n := range res.Nodes {
 			if n.State != consul.NodeExited {

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"os"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -49,47 +48,9 @@ func TestMain(m *testing.M) {
 		Postgres: true, Migrate: store.MigrateAndGrant})
 }
 
-// counter counts the HTTP requests and response bytes of a client.
-type counter struct {
-	base     http.RoundTripper
-	requests atomic.Int64
-	bytes    atomic.Int64
-}
-
-func newCounter() *counter {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConnsPerHost = 64
-	return &counter{base: tr}
-}
-
-func (c *counter) RoundTrip(r *http.Request) (*http.Response, error) {
-	c.requests.Add(1)
-	resp, err := c.base.RoundTrip(r)
-	if err == nil {
-		resp.Body = &countingBody{resp.Body, &c.bytes}
-	}
-	return resp, err
-}
-
-type countingBody struct {
-	rc interface {
-		Read([]byte) (int, error)
-		Close() error
-	}
-	n *atomic.Int64
-}
-
-func (b *countingBody) Read(p []byte) (int, error) {
-	n, err := b.rc.Read(p)
-	b.n.Add(int64(n))
-	return n, err
-}
-
-func (b *countingBody) Close() error { return b.rc.Close() }
-
 // engine returns a rexec engine client on the first client agent (as a
 // worker would use one), counting its requests.
-func engine(t testing.TB, cnt *counter) *consul.Client {
+func engine(t testing.TB, cnt *testenv.HTTPCounter) *consul.Client {
 	t.Helper()
 	c, err := consul.New(consul.Config{Address: testenv.Cluster(t).Clients()[0].HTTPAddr(),
 		HTTPClient: &http.Client{Transport: cnt}})

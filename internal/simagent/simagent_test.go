@@ -40,7 +40,7 @@ func TestEngineOnVirtualNodes(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.note, func(t *testing.T) {
-			cnt := newCounter()
+			cnt := testenv.NewHTTPCounter()
 			c := engine(t, cnt)
 			targets, err := c.Resolve(ctx, tc.spec)
 			if err != nil {
@@ -68,7 +68,7 @@ func TestEngineOnVirtualNodes(t *testing.T) {
 			}
 			t.Logf("%s: %d nodes in %v, %d events, %d requests (%.1f per node), %d bytes read",
 				tc.note, len(res.Nodes), time.Since(start).Round(time.Millisecond), res.Events,
-				cnt.requests.Load(), float64(cnt.requests.Load())/float64(tc.nodes), cnt.bytes.Load())
+				cnt.Requests.Load(), float64(cnt.Requests.Load())/float64(tc.nodes), cnt.Bytes.Load())
 		})
 	}
 	st := sim.Stats()

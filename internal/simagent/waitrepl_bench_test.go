@@ -41,7 +41,7 @@ func BenchmarkWaitRepl(b *testing.B) {
 func benchWaitRepl(b *testing.B, cmd string, waitRepl time.Duration) {
 	ctx := b.Context()
 	cl := testenv.Cluster(b)
-	cnt := newCounter()
+	cnt := testenv.NewHTTPCounter()
 	c := engine(b, cnt)
 	spec := consul.Spec{Argv: []string{cmd}, NodeFilter: "^real-", Prefix: testenv.Prefix(b), WaitRepl: waitRepl}
 	targets, err := c.Resolve(ctx, spec)
@@ -104,7 +104,7 @@ func benchWaitRepl(b *testing.B, cmd string, waitRepl time.Duration) {
 	b.ReportMetric(float64(logCount(staleMissLine)-misses0), "stale-misses")
 	b.ReportMetric(float64(logCount(specMissingLine)-missing0), "spec-missing")
 	b.ReportMetric(float64(notExited), "nodes-not-exited")
-	b.ReportMetric(float64(cnt.requests.Load())/runs, "req/run")
+	b.ReportMetric(float64(cnt.Requests.Load())/runs, "req/run")
 }
 
 func later(a, b time.Time) time.Time {
