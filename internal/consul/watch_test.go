@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -221,20 +220,8 @@ func (c *connCounter) RoundTrip(r *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp.Body = &countedBody{ReadCloser: resp.Body, n: &c.bytes}
+	resp.Body = testenv.CountBody(resp.Body, &c.bytes)
 	return resp, nil
-}
-
-// countedBody adds what is read from a response body to n.
-type countedBody struct {
-	io.ReadCloser
-	n *atomic.Int64
-}
-
-func (b *countedBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	b.n.Add(int64(n))
-	return n, err
 }
 
 // TestManyRunsOneClient carries many runs at once through one client: each

@@ -37,9 +37,14 @@ func (c *HTTPCounter) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	resp, err := c.Base.RoundTrip(r)
 	if err == nil {
-		resp.Body = &countedBody{ReadCloser: resp.Body, n: &c.Bytes}
+		resp.Body = CountBody(resp.Body, &c.Bytes)
 	}
 	return resp, err
+}
+
+// CountBody returns body, adding to n every byte read from it.
+func CountBody(body io.ReadCloser, n *atomic.Int64) io.ReadCloser {
+	return &countedBody{ReadCloser: body, n: n}
 }
 
 // countedBody adds what is read from a response body to n.
