@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/rexec/rexec/internal/api"
+	"github.com/rexec/rexec/internal/service"
 )
 
 // httpFlags are serve's flags for the API's server: TLS, timeouts and the
@@ -13,6 +14,7 @@ type httpFlags struct {
 	certFile, keyFile                         *string
 	readTimeout, writeTimeout, idleTimeout    *time.Duration
 	streamsPerPrincipal, streams, maxRequests *int
+	submitWriters                             *int
 }
 
 // httpOptions are the checked flags; the zero value means every default
@@ -20,6 +22,8 @@ type httpFlags struct {
 type httpOptions struct {
 	server api.ServerConfig
 	limits api.Limits
+	// submitWriters is service.Config.SubmitWriters.
+	submitWriters int
 }
 
 func addHTTPFlags(fs *flagSet) httpFlags {
@@ -38,6 +42,8 @@ func addHTTPFlags(fs *flagSet) httpFlags {
 			"stream requests in flight over all principals; beyond: 503"),
 		maxRequests: fs.Int("max-requests", "REXEC_MAX_REQUESTS", api.RequestsDefault,
 			"other API requests in flight; beyond: 503"),
+		submitWriters: fs.Int("submit-writers", "REXEC_SUBMIT_WRITERS", service.SubmitWritersDefault,
+			"submissions that write to the database at once; the others wait their turn"),
 	}
 }
 
@@ -56,7 +62,7 @@ func (f httpFlags) options() (httpOptions, error) {
 	for _, n := range []struct {
 		name string
 		v    int
-	}{{"-max-streams-per-principal", *f.streamsPerPrincipal}, {"-max-streams", *f.streams}, {"-max-requests", *f.maxRequests}} {
+	}{{"-max-streams-per-principal", *f.streamsPerPrincipal}, {"-max-streams", *f.streams}, {"-max-requests", *f.maxRequests}, {"-submit-writers", *f.submitWriters}} {
 		if n.v < 1 {
 			return httpOptions{}, fmt.Errorf("%s must be at least 1", n.name)
 		}
@@ -66,7 +72,8 @@ func (f httpFlags) options() (httpOptions, error) {
 		return httpOptions{}, fmt.Errorf("-tls-cert-file, -tls-key-file: %w", err)
 	}
 	return httpOptions{
-		server: api.ServerConfig{ReadTimeout: *f.readTimeout, WriteTimeout: *f.writeTimeout, IdleTimeout: *f.idleTimeout, TLS: tlsConf},
-		limits: api.Limits{StreamsPerPrincipal: *f.streamsPerPrincipal, Streams: *f.streams, Requests: *f.maxRequests},
+		server:        api.ServerConfig{ReadTimeout: *f.readTimeout, WriteTimeout: *f.writeTimeout, IdleTimeout: *f.idleTimeout, TLS: tlsConf},
+		limits:        api.Limits{StreamsPerPrincipal: *f.streamsPerPrincipal, Streams: *f.streams, Requests: *f.maxRequests},
+		submitWriters: *f.submitWriters,
 	}, nil
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rexec/rexec/internal/api"
+	"github.com/rexec/rexec/internal/service"
 	"github.com/rexec/rexec/internal/testcert"
 )
 
@@ -23,13 +24,14 @@ func TestHTTPFlags(t *testing.T) {
 	}{
 		{note: "defaults: plain HTTP", check: func(o httpOptions) bool {
 			return o.server.TLS == nil && o.server.ReadTimeout == api.ReadTimeoutDefault && o.server.WriteTimeout == api.WriteTimeoutDefault &&
-				o.server.IdleTimeout == api.IdleTimeoutDefault && o.limits == api.Limits{StreamsPerPrincipal: 8, Streams: 256, Requests: 256}
+				o.server.IdleTimeout == api.IdleTimeoutDefault && o.limits == api.Limits{StreamsPerPrincipal: 8, Streams: 256, Requests: 256} &&
+				o.submitWriters == service.SubmitWritersDefault
 		}},
 		{note: "TLS", args: []string{"-tls-cert-file", f.Cert, "-tls-key-file", f.Key}, check: func(o httpOptions) bool { return o.server.TLS != nil }},
 		{note: "timeouts and limits", args: []string{"-read-timeout", "5s", "-write-timeout", "6s", "-idle-timeout", "7s",
-			"-max-streams-per-principal", "2", "-max-streams", "3", "-max-requests", "4"}, check: func(o httpOptions) bool {
+			"-max-streams-per-principal", "2", "-max-streams", "3", "-max-requests", "4", "-submit-writers", "9"}, check: func(o httpOptions) bool {
 			return o.server.ReadTimeout == 5*time.Second && o.server.WriteTimeout == 6*time.Second && o.server.IdleTimeout == 7*time.Second &&
-				o.limits == api.Limits{StreamsPerPrincipal: 2, Streams: 3, Requests: 4}
+				o.limits == api.Limits{StreamsPerPrincipal: 2, Streams: 3, Requests: 4} && o.submitWriters == 9
 		}},
 		{note: "certificate alone", args: []string{"-tls-cert-file", f.Cert}, wantErr: "both a certificate and its key, or neither"},
 		{note: "key alone", args: []string{"-tls-key-file", f.Key}, wantErr: "both a certificate and its key, or neither"},
@@ -40,6 +42,7 @@ func TestHTTPFlags(t *testing.T) {
 		{note: "no streams per principal", args: []string{"-max-streams-per-principal", "0"}, wantErr: "-max-streams-per-principal must be at least 1"},
 		{note: "no streams", args: []string{"-max-streams", "0"}, wantErr: "-max-streams must be at least 1"},
 		{note: "no requests", args: []string{"-max-requests", "-3"}, wantErr: "-max-requests must be at least 1"},
+		{note: "no submit writers", args: []string{"-submit-writers", "0"}, wantErr: "-submit-writers must be at least 1"},
 	} {
 		t.Run(tc.note, func(t *testing.T) {
 			fs := newFlagSet("serve", io.Discard)

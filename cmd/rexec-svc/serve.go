@@ -183,7 +183,7 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 	var serveErr error
 	if o.listener != nil {
 		svc, err := service.New(service.Config{Store: st, River: rc, Logger: log, Policy: o.policy, AuditLog: alog,
-			ConsulConfig: func(c *consul.Config) { c.Metrics = mtr }})
+			ConsulConfig: func(c *consul.Config) { c.Metrics = mtr }, SubmitWriters: o.http.submitWriters})
 		if err != nil {
 			return err
 		}

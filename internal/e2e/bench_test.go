@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/rexec/rexec/internal/api"
 	"github.com/rexec/rexec/internal/client"
 	"github.com/rexec/rexec/internal/localconsul"
@@ -142,12 +144,23 @@ func BenchmarkSubmit(b *testing.B) {
 	for _, f := range benchFilters {
 		b.Run(f.name, func(b *testing.B) {
 			ctx := context.Background()
-			// A few submissions first, so that connections, the preflight
-			// cache and the policy are warm for the timed ones.
-			for range 2 * clients {
-				if _, err := c.Submit(ctx, f.req); err != nil {
-					b.Fatal(err)
-				}
+			// A few submissions first, from every client at once, so that
+			// connections (the server's pool grows to what the clients
+			// need, each new PostgreSQL backend loading its caches), the
+			// preflight cache and the policy are warm for the timed ones.
+			var warm errgroup.Group
+			for range clients {
+				warm.Go(func() error {
+					for range 4 {
+						if _, err := c.Submit(ctx, f.req); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+			}
+			if err := warm.Wait(); err != nil {
+				b.Fatal(err)
 			}
 			cpu0 := childCPU(b)
 			lat := make([]time.Duration, b.N)

@@ -87,6 +87,9 @@ type Service struct {
 	preflights preflightCache
 	tokens     *tokenCache
 	auditLog   *auditlog.Log
+	// writers holds a token for each submission writing to the database
+	// (Config.SubmitWriters).
+	writers gate
 }
 
 // Config configures a Service.
@@ -104,7 +107,21 @@ type Config struct {
 	// CatalogView configures the tenants' catalog views, which resolve
 	// targets. Default: consul's defaults (consul.ViewConfig).
 	CatalogView consul.ViewConfig
+	// SubmitWriters bounds the submissions that write to the database at
+	// once; the others wait their turn, in order, within their request's
+	// deadline. Default: SubmitWritersDefault.
+	//
+	// Every submission inserts into the same few tables and indexes, at
+	// their right-hand edge: past a few at once they contend for the same
+	// pages and locks, and PostgreSQL spends its time on the contention.
+	// 32 clients on 2 cores accepted about as many submissions with 4
+	// writers as without a bound, and the slowest one in a hundred
+	// answered 2–4 times sooner (BenchmarkSubmit).
+	SubmitWriters int
 }
+
+// SubmitWritersDefault is the default of Config.SubmitWriters.
+const SubmitWritersDefault = 4
 
 // New returns a Service.
 func New(cfg Config) (*Service, error) {
@@ -114,9 +131,14 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	cfg.SubmitWriters = cmp.Or(cfg.SubmitWriters, SubmitWritersDefault)
+	if cfg.SubmitWriters < 1 {
+		return nil, errors.New("service: SubmitWriters must be at least 1")
+	}
 	clients := tenantconsul.NewClients(cfg.ConsulConfig)
 	clients.SetViewConfig(cfg.CatalogView)
-	return &Service{store: cfg.Store, river: cfg.River, log: cfg.Logger, clients: clients, policy: cfg.Policy, auditLog: cfg.AuditLog, tokens: newTokenCache()}, nil
+	return &Service{store: cfg.Store, river: cfg.River, log: cfg.Logger, clients: clients, policy: cfg.Policy, auditLog: cfg.AuditLog,
+		tokens: newTokenCache(), writers: newGate(cfg.SubmitWriters)}, nil
 }
 
 // Submission is a run request.
@@ -279,6 +301,10 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 		}
 		return Submitted{}, denial(policy.ActionExecSubmit, d)
 	}
+	if err := s.writers.enter(ctx); err != nil {
+		return Submitted{}, fmt.Errorf("store run: wait for a writer: %w", err)
+	}
+	defer s.writers.leave()
 	// One round trip begins the transaction and stores the run, its
 	// nodes and its audit events (its ID and times are chosen here, so
 	// nothing is read back); River's insert follows in the same
