@@ -23,11 +23,9 @@ import (
 	"github.com/rexec/rexec/internal/audit"
 	"github.com/rexec/rexec/internal/auditlog"
 	"github.com/rexec/rexec/internal/consul"
-	"github.com/rexec/rexec/internal/jobs"
 	"github.com/rexec/rexec/internal/policy"
 	"github.com/rexec/rexec/internal/store"
 	"github.com/rexec/rexec/internal/tenantconsul"
-	"github.com/rexec/rexec/internal/webhook"
 )
 
 // Error kinds the API maps to statuses.
@@ -87,9 +85,8 @@ type Service struct {
 	preflights preflightCache
 	tokens     *tokenCache
 	auditLog   *auditlog.Log
-	// writers holds a token for each submission writing to the database
-	// (Config.SubmitWriters).
-	writers gate
+	// submissions stores accepted submissions (Config.SubmitWriters).
+	submissions *batchWriter[submitWrite]
 }
 
 // Config configures a Service.
@@ -107,21 +104,20 @@ type Config struct {
 	// CatalogView configures the tenants' catalog views, which resolve
 	// targets. Default: consul's defaults (consul.ViewConfig).
 	CatalogView consul.ViewConfig
-	// SubmitWriters bounds the submissions that write to the database at
-	// once; the others wait their turn, in order, within their request's
-	// deadline. Default: SubmitWritersDefault.
+	// SubmitWriters bounds the transactions that store submissions at
+	// once; submissions that arrive meanwhile wait, and the next writer
+	// stores all of them in one transaction (submitwrite.go). Default:
+	// SubmitWritersDefault.
 	//
 	// Every submission inserts into the same few tables and indexes, at
-	// their right-hand edge: past a few at once they contend for the same
-	// pages and locks, and PostgreSQL spends its time on the contention.
-	// 32 clients on 2 cores accepted about as many submissions with 4
-	// writers as without a bound, and the slowest one in a hundred
-	// answered 2–4 times sooner (BenchmarkSubmit).
+	// their right-hand edge: past a few transactions at once they contend
+	// for the same pages and locks, and PostgreSQL spends its time on the
+	// contention (BenchmarkSubmit).
 	SubmitWriters int
 }
 
 // SubmitWritersDefault is the default of Config.SubmitWriters.
-const SubmitWritersDefault = 4
+const SubmitWritersDefault = 2
 
 // New returns a Service.
 func New(cfg Config) (*Service, error) {
@@ -137,8 +133,10 @@ func New(cfg Config) (*Service, error) {
 	}
 	clients := tenantconsul.NewClients(cfg.ConsulConfig)
 	clients.SetViewConfig(cfg.CatalogView)
-	return &Service{store: cfg.Store, river: cfg.River, log: cfg.Logger, clients: clients, policy: cfg.Policy, auditLog: cfg.AuditLog,
-		tokens: newTokenCache(), writers: newGate(cfg.SubmitWriters)}, nil
+	s := &Service{store: cfg.Store, river: cfg.River, log: cfg.Logger, clients: clients, policy: cfg.Policy, auditLog: cfg.AuditLog,
+		tokens: newTokenCache()}
+	s.submissions = newBatchWriter(cfg.SubmitWriters, s.writeSubmissions)
+	return s, nil
 }
 
 // Submission is a run request.
@@ -301,40 +299,28 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 		}
 		return Submitted{}, denial(policy.ActionExecSubmit, d)
 	}
-	if err := s.writers.enter(ctx); err != nil {
-		return Submitted{}, fmt.Errorf("store run: wait for a writer: %w", err)
+	// The run's ID and times are chosen here, so that its audit events
+	// can name them and nothing is read back.
+	run = store.PrepareRun(run, time.Now())
+	submitted := requestAudit(sub, spec)
+	submitted["targets"], submitted["submitted_by"] = names, c.Principal.Name
+	submitted["start_timeout"], submitted["start_by"] = run.StartTimeout.String(), run.StartBy
+	submitted["request_hash"], submitted["preflight"] = run.RequestHash, pfRaw
+	submitted["catalog_index"], submitted["catalog_source"] = info.Index, info.Source
+	if info.Reason != "" {
+		submitted["catalog_reason"] = info.Reason
 	}
-	defer s.writers.leave()
-	// One round trip begins the transaction and stores the run, its
-	// nodes and its audit events (its ID and times are chosen here, so
-	// nothing is read back); River's insert follows in the same
-	// transaction.
-	err = s.store.InBatchTx(ctx, func(b *pgx.Batch) error {
-		run = store.QueueInsertRun(b, run, names, time.Now())
-		submitted := requestAudit(sub, spec)
-		submitted["targets"], submitted["submitted_by"] = names, c.Principal.Name
-		submitted["start_timeout"], submitted["start_by"] = run.StartTimeout.String(), run.StartBy
-		submitted["request_hash"], submitted["preflight"] = run.RequestHash, pfRaw
-		submitted["catalog_index"], submitted["catalog_source"] = info.Index, info.Source
-		if info.Reason != "" {
-			submitted["catalog_reason"] = info.Reason
-		}
-		events := []audit.Event{c.event(run.ID, audit.RunSubmitted, submitted),
-			c.event(run.ID, audit.PolicyDecided, decisionAudit(policy.ActionExecSubmit, d))}
-		if run.State == store.StatePendingApproval {
-			events = append(events, approvalRequested(c, run))
-		} else {
-			events = append(events, c.event(run.ID, audit.RunQueued, map[string]any{"approvals": 0, "required": 0}))
-		}
-		return audit.Queue(b, events...)
-	}, func(tx pgx.Tx, _ *store.Queries) error {
-		if run.State == store.StatePendingApproval {
-			return jobs.NotifyApprovers(ctx, s.river, tx, c.Tenant, run, webhook.EventApprovalRequested, "", "", 0)
-		}
-		_, err := s.river.InsertTx(ctx, tx, jobs.ExecArgs{RunID: run.ID}, nil)
-		return err
-	})
-	if err != nil {
+	events := []audit.Event{c.event(run.ID, audit.RunSubmitted, submitted),
+		c.event(run.ID, audit.PolicyDecided, decisionAudit(policy.ActionExecSubmit, d))}
+	if run.State == store.StatePendingApproval {
+		events = append(events, approvalRequested(c, run))
+	} else {
+		events = append(events, c.event(run.ID, audit.RunQueued, map[string]any{"approvals": 0, "required": 0}))
+	}
+	for i := range events {
+		events[i].Time = run.CreatedAt
+	}
+	if err := s.submissions.store(ctx, submitWrite{tenant: c.Tenant, run: run, nodes: names, events: events}); err != nil {
 		return Submitted{}, fmt.Errorf("store run: %w", err)
 	}
 	return Submitted{Run: run, Targets: targets, Decision: d, Catalog: info}, nil

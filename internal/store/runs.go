@@ -5,7 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -123,18 +126,51 @@ func scanRun(row interface{ Scan(...any) error }) (Run, error) {
 	return r, err
 }
 
-// queryInsertRun stores a run with the times and ID its caller chose, so
-// that nothing of it needs reading back (QueueInsertRun).
-const queryInsertRun = `
+// queryInsertRunsHead and queryInsertRunsRow make the statement that
+// stores runs with the times and IDs their caller chose, so that nothing
+// of them needs reading back (QueueInsertRuns): the head, then one row of
+// insertRunArgs parameters a run, numbered from $1 on.
+const (
+	queryInsertRunsHead = `
 INSERT INTO runs (id, tenant_id, submitted_by, state, argv, script, shell, node_filter, service_filter, tag_filter,
 	prefix, wait_ms, wait_repl_ms, timeout_ms, reason, output_cap, targets, created_at, start_by, start_timeout_ms,
 	request_hash, policy_outcome, policy_reasons, policy_revision, approvals_required, approver_roles,
 	approval_expires_at, preflight, catalog_index, catalog_source)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-	$21, $22, $23, $24, $25, $26, $27, $28,
-	nullif($29::bigint, 0), nullif($30, ''))`
+VALUES `
+	queryInsertRunsRow = `($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+	$21, $22, $23, $24, $25, $26, $27, $28, nullif($29::bigint, 0), nullif($30, ''))`
+	insertRunArgs = 30
+)
 
-const queryInsertRunNode = `INSERT INTO run_nodes (run_id, node) SELECT $1, unnest($2::text[])`
+// queryInsertRuns holds the statement for 1, 2, … runs (insertRunsQuery).
+var queryInsertRuns sync.Map
+
+// insertRunsQuery returns the statement that stores n runs.
+func insertRunsQuery(n int) string {
+	if q, ok := queryInsertRuns.Load(n); ok {
+		return q.(string)
+	}
+	var sb strings.Builder
+	sb.WriteString(queryInsertRunsHead)
+	for i := range n {
+		if i > 0 {
+			sb.WriteString(",\n")
+		}
+		off := i * insertRunArgs
+		sb.WriteString(paramRef.ReplaceAllStringFunc(queryInsertRunsRow, func(ref string) string {
+			k, _ := strconv.Atoi(ref[1:])
+			return "$" + strconv.Itoa(off+k)
+		}))
+	}
+	q, _ := queryInsertRuns.LoadOrStore(n, sb.String())
+	return q.(string)
+}
+
+var paramRef = regexp.MustCompile(`\$[0-9]+`)
+
+// queryInsertRunNodes stores the target nodes of runs: $2 lists them all,
+// $1 the run of each.
+const queryInsertRunNodes = `INSERT INTO run_nodes (run_id, node) SELECT unnest($1::uuid[]), unnest($2::text[])`
 
 // jsonObject is raw, or an empty object for nothing.
 func jsonObject(raw json.RawMessage) json.RawMessage {
@@ -144,18 +180,18 @@ func jsonObject(raw json.RawMessage) json.RawMessage {
 	return raw
 }
 
-// QueueInsertRun queues on b the statements that store r, a new run
-// submitted at now, with one pending row per target node, and returns r
-// as they store it: with a new ID, CreatedAt = now, StartBy = now +
-// StartTimeout, ApprovalExpiresAt = now + ApprovalTTL for a run pending
-// approval, defaults filled in, and RequestHash computed unless set.
+// PrepareRun returns r, a new run submitted at now, as QueueInsertRuns
+// stores it: with a new ID, CreatedAt = now, StartBy = now + StartTimeout
+// (default StartTimeoutDefault), ApprovalExpiresAt = now + ApprovalTTL
+// (default ApprovalTTLDefault) when it awaits approval, and its
+// RequestHash.
 //
 // The ID and the times are chosen here rather than by the database so
 // that the caller knows the run before the statements run: its audit
 // events, which name the run and its start bound, go into the same batch,
 // and nothing is read back. The times are the submitting process's clock,
 // as its audit events' are (at microseconds, the database's precision).
-func QueueInsertRun(b *pgx.Batch, r Run, nodes []string, now time.Time) Run {
+func PrepareRun(r Run, now time.Time) Run {
 	if r.Argv == nil {
 		r.Argv = []string{}
 	}
@@ -175,12 +211,39 @@ func QueueInsertRun(b *pgx.Batch, r Run, nodes []string, now time.Time) Run {
 	if r.RequestHash == "" {
 		r.RequestHash = RequestHash(r)
 	}
-	b.Queue(queryInsertRun, r.ID, r.TenantID, r.SubmittedBy, r.State, r.Argv, r.Script, r.Shell,
-		r.NodeFilter, r.ServiceFilter, r.TagFilter, r.Prefix, r.Wait.Milliseconds(), r.WaitRepl.Milliseconds(),
-		r.Timeout.Milliseconds(), r.Reason, r.OutputCap, r.Targets, r.CreatedAt, r.StartBy, r.StartTimeout.Milliseconds(),
-		r.RequestHash, r.Policy.Outcome, r.Policy.Reasons, r.Policy.Revision, r.Policy.Approvals,
-		r.Policy.ApproverRoles, r.ApprovalExpiresAt, r.Preflight, int64(r.CatalogIndex), r.CatalogSource)
-	b.Queue(queryInsertRunNode, r.ID, nodes)
+	return r
+}
+
+// QueueInsertRuns queues on b the statements that store runs prepared by
+// PrepareRun, each with one pending row per target node (nodes[i] are
+// runs[i]'s): two statements however many runs, so that a batch of
+// submissions costs the database little more than one.
+func QueueInsertRuns(b *pgx.Batch, runs []Run, nodes [][]string) {
+	if len(runs) == 0 {
+		return
+	}
+	args := make([]any, 0, len(runs)*insertRunArgs)
+	var nodeRuns, nodeNames []string
+	for i, r := range runs {
+		args = append(args, r.ID, r.TenantID, r.SubmittedBy, r.State, r.Argv, r.Script, r.Shell,
+			r.NodeFilter, r.ServiceFilter, r.TagFilter, r.Prefix, r.Wait.Milliseconds(), r.WaitRepl.Milliseconds(),
+			r.Timeout.Milliseconds(), r.Reason, r.OutputCap, r.Targets, r.CreatedAt, r.StartBy, r.StartTimeout.Milliseconds(),
+			r.RequestHash, r.Policy.Outcome, r.Policy.Reasons, r.Policy.Revision, r.Policy.Approvals,
+			r.Policy.ApproverRoles, r.ApprovalExpiresAt, r.Preflight, int64(r.CatalogIndex), r.CatalogSource)
+		for _, n := range nodes[i] {
+			nodeRuns, nodeNames = append(nodeRuns, r.ID), append(nodeNames, n)
+		}
+	}
+	b.Queue(insertRunsQuery(len(runs)), args...)
+	b.Queue(queryInsertRunNodes, nodeRuns, nodeNames)
+}
+
+// QueueInsertRun queues on b the statements that store r, a new run
+// submitted at now, with one pending row per target node, and returns r
+// as they store it (PrepareRun).
+func QueueInsertRun(b *pgx.Batch, r Run, nodes []string, now time.Time) Run {
+	r = PrepareRun(r, now)
+	QueueInsertRuns(b, []Run{r}, [][]string{nodes})
 	return r
 }
 
