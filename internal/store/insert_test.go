@@ -17,61 +17,103 @@ func TestInsertRunAsStored(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	targets, _ := json.Marshal([]map[string]any{{"node": "n2", "address": "10.0.0.2", "services": []any{}},
-		{"node": "n1", "address": "10.0.0.1", "services": []any{}}})
-	for _, tc := range []struct {
-		note string
-		run  Run
-	}{
-		{note: "queued, defaults", run: Run{State: StateQueued, Argv: []string{"true"}, Shell: true}},
-		{note: "script, filters, reason, preflight", run: Run{State: StateQueued, Script: []byte("echo hi\n"), NodeFilter: "^n",
-			ServiceFilter: "web", TagFilter: "v1", Reason: "why", Timeout: time.Minute, StartTimeout: time.Hour,
-			Preflight: json.RawMessage(`{"acls": true}`)}},
-		{note: "pending approval", run: Run{State: StatePendingApproval, Argv: []string{"rm", "-rf", "/tmp/x"}, Shell: true,
-			ApprovalTTL: 2 * time.Hour, Policy: PolicyDecision{Outcome: PolicyRequireApproval, Reasons: []string{"risky"},
-				Revision: "abc", Approvals: 2, ApproverRoles: []string{RoleApprover}}}},
-	} {
+	for _, tc := range insertCases {
 		t.Run(tc.note, func(t *testing.T) {
-			r := tc.run
-			r.TenantID, r.SubmittedBy, r.SubmitterName = b.tenant.ID, b.principal.ID, b.principal.Name
-			r.Prefix, r.Wait, r.WaitRepl, r.OutputCap, r.Targets = "_rexec", 2*time.Second, 200*time.Millisecond, 1<<20, targets
+			r := b.newRun(tc.run)
 			got, err := b.st.InsertRun(ctx, r, []string{"n1", "n2"})
 			if err != nil {
 				t.Fatal(err)
 			}
-			read, err := b.st.GetRun(ctx, b.tenant.ID, got.ID)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got.RequestHash != RequestHash(read) {
-				t.Errorf("request hash %s, of the stored run %s", got.RequestHash, RequestHash(read))
-			}
-			// Targets come back as jsonb prints them; times in the
-			// database's time zone: compare their meaning.
-			var gotTargets, readTargets any
-			_ = json.Unmarshal(got.Targets, &gotTargets)
-			_ = json.Unmarshal(read.Targets, &readTargets)
-			if !jsonEqual(gotTargets, readTargets) || !jsonEqual(got.Preflight, read.Preflight) {
-				t.Errorf("targets %s / %s, preflight %s / %s", got.Targets, read.Targets, got.Preflight, read.Preflight)
-			}
-			if !got.CreatedAt.Equal(read.CreatedAt) || !got.StartBy.Equal(read.StartBy) ||
-				(got.ApprovalExpiresAt == nil) != (read.ApprovalExpiresAt == nil) ||
-				(got.ApprovalExpiresAt != nil && !got.ApprovalExpiresAt.Equal(*read.ApprovalExpiresAt)) {
-				t.Errorf("times: created %v / %v, start by %v / %v, approval expires %v / %v",
-					got.CreatedAt, read.CreatedAt, got.StartBy, read.StartBy, got.ApprovalExpiresAt, read.ApprovalExpiresAt)
-			}
-			got.Targets, read.Targets, got.Preflight, read.Preflight = nil, nil, nil, nil
-			got.CreatedAt, read.CreatedAt, got.StartBy, read.StartBy = time.Time{}, time.Time{}, time.Time{}, time.Time{}
-			got.ApprovalExpiresAt, read.ApprovalExpiresAt = nil, nil
-			got.ApprovalTTL = 0 // an input of the insert, not stored as such
-			if gj, rj := mustJSON(t, got), mustJSON(t, read); gj != rj {
-				t.Errorf("InsertRun returned\n%s\nGetRun reads\n%s", gj, rj)
-			}
-			nodes, err := b.st.RunNodes(ctx, got.ID)
-			if err != nil || len(nodes) != 2 || nodes[0].Node != "n1" || nodes[1].Node != "n2" || nodes[0].State != "pending" {
-				t.Errorf("nodes %+v %v", nodes, err)
-			}
+			checkAsStored(t, b, got, []string{"n1", "n2"})
 		})
+	}
+}
+
+// TestInsertRunsTogether: runs stored together, by one statement for the
+// runs and one for their nodes (a batch of submissions), are each stored
+// as PrepareRun returned them, with their own nodes.
+func TestInsertRunsTogether(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	var runs []Run
+	var nodes [][]string
+	for i, tc := range insertCases {
+		runs = append(runs, PrepareRun(b.newRun(tc.run), time.Now()))
+		nodes = append(nodes, []string{"n1", "n2", "n3"}[:i+1])
+	}
+	if err := b.st.InBatchTx(ctx, func(bt *pgx.Batch) error { QueueInsertRuns(bt, runs, nodes); return nil }, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range runs {
+		t.Run(insertCases[i].note, func(t *testing.T) { checkAsStored(t, b, r, nodes[i]) })
+	}
+}
+
+// insertCases are runs as the service submits them.
+var insertCases = []struct {
+	note string
+	run  Run
+}{
+	{note: "queued, defaults", run: Run{State: StateQueued, Argv: []string{"true"}, Shell: true}},
+	{note: "script, filters, reason, preflight", run: Run{State: StateQueued, Script: []byte("echo hi\n"), NodeFilter: "^n",
+		ServiceFilter: "web", TagFilter: "v1", Reason: "why", Timeout: time.Minute, StartTimeout: time.Hour,
+		Preflight: json.RawMessage(`{"acls": true}`), CatalogIndex: 42, CatalogSource: "view"}},
+	{note: "pending approval", run: Run{State: StatePendingApproval, Argv: []string{"rm", "-rf", "/tmp/x"}, Shell: true,
+		ApprovalTTL: 2 * time.Hour, Policy: PolicyDecision{Outcome: PolicyRequireApproval, Reasons: []string{"risky"},
+			Revision: "abc", Approvals: 2, ApproverRoles: []string{RoleApprover}}}},
+}
+
+// newRun completes r as the service would, for b's tenant and principal.
+func (b *bundle) newRun(r Run) Run {
+	targets, _ := json.Marshal([]map[string]any{{"node": "n2", "address": "10.0.0.2", "services": []any{}},
+		{"node": "n1", "address": "10.0.0.1", "services": []any{}}})
+	r.TenantID, r.SubmittedBy, r.SubmitterName = b.tenant.ID, b.principal.ID, b.principal.Name
+	r.Prefix, r.Wait, r.WaitRepl, r.OutputCap, r.Targets = "_rexec", 2*time.Second, 200*time.Millisecond, 1<<20, targets
+	return r
+}
+
+// checkAsStored checks that got, the run as its insert returned it, is
+// the run GetRun reads, with wantNodes pending.
+func checkAsStored(t *testing.T, b *bundle, got Run, wantNodes []string) {
+	t.Helper()
+	ctx := context.Background()
+	read, err := b.st.GetRun(ctx, b.tenant.ID, got.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.RequestHash != RequestHash(read) {
+		t.Errorf("request hash %s, of the stored run %s", got.RequestHash, RequestHash(read))
+	}
+	// Targets come back as jsonb prints them; times in the
+	// database's time zone: compare their meaning.
+	var gotTargets, readTargets any
+	_ = json.Unmarshal(got.Targets, &gotTargets)
+	_ = json.Unmarshal(read.Targets, &readTargets)
+	if !jsonEqual(gotTargets, readTargets) || !jsonEqual(got.Preflight, read.Preflight) {
+		t.Errorf("targets %s / %s, preflight %s / %s", got.Targets, read.Targets, got.Preflight, read.Preflight)
+	}
+	if !got.CreatedAt.Equal(read.CreatedAt) || !got.StartBy.Equal(read.StartBy) ||
+		(got.ApprovalExpiresAt == nil) != (read.ApprovalExpiresAt == nil) ||
+		(got.ApprovalExpiresAt != nil && !got.ApprovalExpiresAt.Equal(*read.ApprovalExpiresAt)) {
+		t.Errorf("times: created %v / %v, start by %v / %v, approval expires %v / %v",
+			got.CreatedAt, read.CreatedAt, got.StartBy, read.StartBy, got.ApprovalExpiresAt, read.ApprovalExpiresAt)
+	}
+	got.Targets, read.Targets, got.Preflight, read.Preflight = nil, nil, nil, nil
+	got.CreatedAt, read.CreatedAt, got.StartBy, read.StartBy = time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	got.ApprovalExpiresAt, read.ApprovalExpiresAt = nil, nil
+	got.ApprovalTTL = 0 // an input of the insert, not stored as such
+	if gj, rj := mustJSON(t, got), mustJSON(t, read); gj != rj {
+		t.Errorf("stored as\n%s\nGetRun reads\n%s", gj, rj)
+	}
+	nodes, err := b.st.RunNodes(ctx, got.ID)
+	if err != nil || len(nodes) != len(wantNodes) {
+		t.Fatalf("nodes %+v %v, want %v", nodes, err, wantNodes)
+	}
+	for i, n := range nodes {
+		if n.Node != wantNodes[i] || n.State != "pending" {
+			t.Errorf("node %d: %+v, want %s pending", i, n, wantNodes[i])
+		}
 	}
 }
 
