@@ -288,6 +288,15 @@ func TestApprovals(t *testing.T) {
 		if marker("t-3", "hash") {
 			t.Error("ran")
 		}
+		// So does a run whose frozen targets were changed: the hash binds
+		// them by name, not only their number.
+		id = strings.TrimSpace(e.cli(nil, "exec", "-detach", "-reason", "r", "-node", "^t-3$", strings.ReplaceAll(cmd, "$RUN_MARK", "retarget")).stdout)
+		if _, err := e.conn().Exec(ctxT(t, 10*time.Second), `UPDATE runs SET targets = jsonb_set(targets, '{0,node}', '"t-1"') WHERE id = $1`, id); err != nil {
+			t.Fatal(err)
+		}
+		if res := e.cliAs(e.bob, nil, "approve", id); res.code != 1 || !strings.Contains(res.stderr, "no longer matches") {
+			t.Errorf("approving a run with changed targets: %d %s", res.code, res.stderr)
+		}
 	})
 }
 

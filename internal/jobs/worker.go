@@ -127,7 +127,7 @@ func waited(j *rivertype.JobRow) time.Duration {
 // stored request no longer hashes to what was approved, or too few
 // approvals match it. Empty when it may.
 func (w *ExecWorker) checkApprovals(ctx context.Context, run store.Run) (string, error) {
-	if run.RequestHash != "" && store.RequestHash(run) != run.RequestHash {
+	if run.RequestHash != "" && !store.RequestHashMatches(run) {
 		return "the run's stored request no longer matches the request hash it was submitted (and approved) with; it was not fired", nil
 	}
 	if run.Policy.Approvals == 0 {

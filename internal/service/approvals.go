@@ -92,7 +92,7 @@ func (s *Service) Decide(ctx context.Context, c Caller, id string, v Verdict) (s
 			return errorf(ErrForbidden, "approving run %s takes one of the roles %v", r.ID, r.Policy.ApproverRoles)
 		case v.RequestHash != "" && v.RequestHash != r.RequestHash:
 			return errorf(ErrConflict, "run %s's request hash is %s, not %s: the request differs from the one shown", r.ID, r.RequestHash, v.RequestHash)
-		case store.RequestHash(r) != r.RequestHash:
+		case !store.RequestHashMatches(r):
 			return errorf(ErrConflict, "run %s's stored request no longer matches its hash; it cannot be approved", r.ID)
 		}
 		verdict := store.VerdictDeny

@@ -32,20 +32,53 @@ type PolicyDecision struct {
 }
 
 // RequestHash is the sha256 of the canonical form of what a run asks:
-// command, script, shell, filters, prefix, frozen targets, wait settings,
-// deadline and start bound. Approvals bind to it: an approval given for one
-// request never releases another, and a run whose stored request was
-// changed after approval no longer matches its approvals.
+// command, script, shell, filters, prefix, frozen targets (by name), wait
+// settings, deadline and start bound. Approvals bind to it: an approval
+// given for one request never releases another, and a run whose stored
+// request was changed after approval no longer matches its approvals.
 func RequestHash(r Run) string {
-	var targets []struct {
-		Name string `json:"name"`
+	return requestHash(r, targetNames(r.Targets), requestHashVersion)
+}
+
+// RequestHashOf is RequestHash for a caller that has the names of r's
+// targets at hand, sparing a parse of r.Targets (which holds every
+// target's services).
+func RequestHashOf(r Run, targetNames []string) string {
+	return requestHash(r, targetNames, requestHashVersion)
+}
+
+// RequestHashMatches says whether r's stored request still hashes to its
+// RequestHash: by RequestHash, or for a run submitted before version 2 by
+// version 1, which read the targets' names from a field they do not have
+// and so bound only their number. A run stored with version 1 keeps that
+// weaker binding; every run submitted since binds its targets' names.
+func RequestHashMatches(r Run) bool {
+	names := targetNames(r.Targets)
+	if requestHash(r, names, requestHashVersion) == r.RequestHash {
+		return true
 	}
-	_ = json.Unmarshal(r.Targets, &targets)
-	names := make([]string, len(targets))
-	for i, t := range targets {
-		names[i] = t.Name
+	return requestHash(r, make([]string, len(names)), 1) == r.RequestHash
+}
+
+// requestHashVersion is the version of RequestHash's canonical form.
+const requestHashVersion = 2
+
+// targetNames returns the node names of a run's stored targets (a JSON
+// array of consul.Node).
+func targetNames(targets json.RawMessage) []string {
+	var nodes []struct {
+		Name string `json:"node"`
 	}
-	slices.Sort(names)
+	_ = json.Unmarshal(targets, &nodes)
+	names := make([]string, len(nodes))
+	for i, n := range nodes {
+		names[i] = n.Name
+	}
+	return names
+}
+
+func requestHash(r Run, targetNames []string, version int) string {
+	names := slices.Sorted(slices.Values(targetNames))
 	script := ""
 	if r.Script != nil {
 		sum := sha256.Sum256(r.Script)
@@ -66,7 +99,7 @@ func RequestHash(r Run) string {
 		WaitReplMS   int64    `json:"wait_repl_ms"`
 		TimeoutMS    int64    `json:"timeout_ms"`
 		StartTimeout int64    `json:"start_timeout_ms"`
-	}{1, nonNil(r.Argv), script, r.Shell, r.NodeFilter, r.ServiceFilter, r.TagFilter, r.Prefix, names,
+	}{version, nonNil(r.Argv), script, r.Shell, r.NodeFilter, r.ServiceFilter, r.TagFilter, r.Prefix, names,
 		r.Wait.Milliseconds(), r.WaitRepl.Milliseconds(), r.Timeout.Milliseconds(), r.StartTimeout.Milliseconds()})
 	sum := sha256.Sum256(canon)
 	return hex.EncodeToString(sum[:])

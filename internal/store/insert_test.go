@@ -85,6 +85,11 @@ func checkAsStored(t *testing.T, b *bundle, got Run, wantNodes []string) {
 	if got.RequestHash != RequestHash(read) {
 		t.Errorf("request hash %s, of the stored run %s", got.RequestHash, RequestHash(read))
 	}
+	// The service hashes with the names it resolved, in the catalog's
+	// order, rather than parse its targets.
+	if h := RequestHashOf(read, []string{"n2", "n1"}); h != got.RequestHash {
+		t.Errorf("RequestHashOf %s, RequestHash %s", h, got.RequestHash)
+	}
 	// Targets come back as jsonb prints them; times in the
 	// database's time zone: compare their meaning.
 	var gotTargets, readTargets any
