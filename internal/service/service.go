@@ -269,7 +269,7 @@ func (s *Service) Submit(ctx context.Context, c Caller, sub Submission) (Submitt
 		StartTimeout: cmp.Or(sub.StartTimeout, c.Tenant.StartTimeout, store.StartTimeoutDefault),
 	}
 	run.StartBy = time.Now().Add(run.StartTimeout)
-	run.RequestHash = store.RequestHash(run)
+	run.RequestHash = store.RequestHashOf(run, names)
 
 	// Authorization: the policy, given the preflight that passed.
 	in := s.input(c, policy.ActionExecSubmit)
