@@ -748,3 +748,33 @@ func TestEveryActionIsDecided(t *testing.T) {
 		}
 	}
 }
+
+// TestTargetTermsKept: node terms kept across decisions (nodeTerms) are
+// those of the very same node: targets that differ only in where one field
+// ends and the next begins, or one service ends and the next begins, get
+// terms of their own, each equal to its JSON form, cached or not.
+func TestTargetTermsKept(t *testing.T) {
+	t.Parallel()
+	sets := [][]Target{
+		{{Node: "n", Services: []Service{{ID: "x", Tags: []string{"a", "b"}}}}},
+		{{Node: "n", Services: []Service{{ID: "x", Tags: []string{"ab"}}}}},
+		{{Node: "n", Services: []Service{{ID: "x", Tags: []string{"a"}}, {ID: "b", Tags: []string{}}}}},
+		{{Node: "n", Services: []Service{{ID: "xa", Tags: []string{"b"}}}}},
+		{{Node: "n", Address: "x", Services: []Service{}}},
+		{{Node: "nx", Services: []Service{}}},
+		{{Node: "n", Services: []Service{{ID: "x", Name: "y", Tags: []string{}}}}},
+		{{Node: "n", Services: []Service{{ID: "xy", Tags: []string{}}}}},
+	}
+	for round := range 2 { // made, then kept
+		for i, ts := range sets {
+			viaJSON, err := ast.InterfaceToValue(ts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in := Input{Action: ActionExecSubmit, Targets: ts}
+			if got := in.value().(ast.Object).Get(ast.StringTerm("targets")).Value; got.Compare(viaJSON) != 0 {
+				t.Errorf("round %d, set %d: value() = %v\nJSON    = %v", round, i, got, viaJSON)
+			}
+		}
+	}
+}
