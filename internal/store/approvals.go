@@ -78,7 +78,7 @@ func targetNames(targets json.RawMessage) []string {
 }
 
 func requestHash(r Run, targetNames []string, version int) string {
-	names := slices.Sorted(slices.Values(targetNames))
+	names := nonNil(slices.Sorted(slices.Values(targetNames)))
 	script := ""
 	if r.Script != nil {
 		sum := sha256.Sum256(r.Script)
