@@ -25,9 +25,10 @@ import (
 // that cost that bounds the rate of submissions.
 //
 // There is no goroutine of its own: the submitters are the writers (flat
-// combining). One that gets a place at the gate writes what is waiting,
+// combining). One that gets a writer's slot writes what is waiting,
 // its own submission or not; one whose submission another writer took
-// waits for that writer's answer.
+// waits for that writer's answer. A writer that finds nothing waiting
+// (another took its submission) gives its place back at once.
 
 // submitWrite is an accepted submission, prepared (store.PrepareRun), with
 // its audit events.
@@ -83,9 +84,10 @@ type pendingWrite[T any] struct {
 	done chan error // the outcome, once stored or refused
 }
 
-// batchWriter stores items, at most cap(gate) transactions at once.
+// batchWriter stores items, at most cap(slots) transactions at once.
 type batchWriter[T any] struct {
-	gate gate
+	// slots holds a token for each writer at work.
+	slots chan struct{}
 	// write stores items in one transaction: all or none.
 	write func(ctx context.Context, items []T) error
 
@@ -94,7 +96,7 @@ type batchWriter[T any] struct {
 }
 
 func newBatchWriter[T any](writers int, write func(ctx context.Context, items []T) error) *batchWriter[T] {
-	return &batchWriter[T]{gate: newGate(writers), write: write}
+	return &batchWriter[T]{slots: make(chan struct{}, writers), write: write}
 }
 
 // store stores item, alone or with others, and returns the outcome. Once a
@@ -109,12 +111,12 @@ func (w *batchWriter[T]) store(ctx context.Context, item T) error {
 		select {
 		case err := <-p.done:
 			return err
-		case w.gate <- struct{}{}:
+		case w.slots <- struct{}{}:
 			batch := w.take()
 			if len(batch) > 0 {
 				w.writeBatch(ctx, batch)
 			}
-			w.gate.leave()
+			<-w.slots
 			if len(batch) == 0 {
 				// Another writer took p; it answers.
 				return <-p.done
