@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"os/exec"
 	"regexp"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,40 +18,19 @@ import (
 )
 
 // proxyCounter is a reverse proxy to one agent that counts the requests
-// and response bytes of whoever talks to Consul through it.
+// and response bytes of whoever talks to Consul through it: its transport
+// to the agent is a testenv.HTTPCounter.
 type proxyCounter struct {
-	srv      *httptest.Server
-	requests atomic.Int64
-	bytes    atomic.Int64
+	srv *httptest.Server
+	*testenv.HTTPCounter
 }
 
 func newProxyCounter(agent string) *proxyCounter {
 	target, _ := url.Parse("http://" + agent)
 	rp := httputil.NewSingleHostReverseProxy(target)
-	p := &proxyCounter{}
-	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p.requests.Add(1)
-		rp.ServeHTTP(&countingWriter{ResponseWriter: w, n: &p.bytes}, r)
-	}))
-	return p
-}
-
-type countingWriter struct {
-	http.ResponseWriter
-	n *atomic.Int64
-}
-
-func (w *countingWriter) Write(b []byte) (int, error) {
-	n, err := w.ResponseWriter.Write(b)
-	w.n.Add(int64(n))
-	return n, err
-}
-
-// Flush lets blocking queries' answers through as they come.
-func (w *countingWriter) Flush() {
-	if f, ok := w.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
+	cnt := testenv.NewHTTPCounter()
+	rp.Transport = cnt
+	return &proxyCounter{srv: httptest.NewServer(rp), HTTPCounter: cnt}
 }
 
 var finishedLine = regexp.MustCompile(`(?m)^==> [^:]+: finished with exit code 0$`)
@@ -115,7 +92,7 @@ func BenchmarkAgentsVsConsulExec(b *testing.B) {
 	if _, info, err := view.Resolve(ctx, consul.Spec{Argv: []string{"uptime"}, Prefix: prefix}); err != nil || info.Source != consul.SourceView {
 		b.Fatalf("catalog view: %v %+v", err, info)
 	}
-	syncReq, syncBytes := viewProxy.requests.Load(), viewProxy.bytes.Load()
+	syncReq, syncBytes := viewProxy.Requests.Load(), viewProxy.Bytes.Load()
 
 	var ceTime, enTime time.Duration
 	var ceReq, enReq, ceBytes, enBytes int64
@@ -123,17 +100,17 @@ func BenchmarkAgentsVsConsulExec(b *testing.B) {
 	// job spec), fire to the last ack and to the last exit seen.
 	var toFire, toAck, toExit time.Duration
 	for b.Loop() {
-		r0, b0 := proxy.requests.Load(), proxy.bytes.Load()
+		r0, b0 := proxy.Requests.Load(), proxy.Bytes.Load()
 		start := time.Now()
 		out, err := exec.CommandContext(ctx, bin, "exec", "-http-addr="+addr, "-prefix", prefix, "uptime").CombinedOutput()
 		ceTime += time.Since(start)
-		ceReq += proxy.requests.Load() - r0
-		ceBytes += proxy.bytes.Load() - b0
+		ceReq += proxy.Requests.Load() - r0
+		ceBytes += proxy.Bytes.Load() - b0
 		if got := len(finishedLine.FindAll(out, -1)); err != nil || got != nodes {
 			b.Fatalf("consul exec: %v, %d of %d nodes finished:\n%s", err, got, nodes, bytes.TrimSpace(out))
 		}
 
-		r0, b0 = proxy.requests.Load(), proxy.bytes.Load()
+		r0, b0 = proxy.Requests.Load(), proxy.Bytes.Load()
 		start = time.Now()
 		spec := consul.Spec{Argv: []string{"uptime"}, Prefix: prefix}
 		targets, info, err := view.Resolve(ctx, spec)
@@ -145,8 +122,8 @@ func BenchmarkAgentsVsConsulExec(b *testing.B) {
 			b.Fatal(err)
 		}
 		enTime += time.Since(start)
-		enReq += proxy.requests.Load() - r0
-		enBytes += proxy.bytes.Load() - b0
+		enReq += proxy.Requests.Load() - r0
+		enBytes += proxy.Bytes.Load() - b0
 		if exited, _ := res.Counts(); exited != nodes {
 			b.Fatalf("engine: %d of %d nodes exited (%s)", exited, nodes, res.Outcome)
 		}
@@ -175,6 +152,6 @@ func BenchmarkAgentsVsConsulExec(b *testing.B) {
 	b.ReportMetric(float64(enBytes)/float64(ceBytes), "bytes-ratio")
 	b.ReportMetric(float64(syncReq), "view-sync-req")
 	b.ReportMetric(float64(syncBytes), "view-sync-B")
-	b.ReportMetric(float64(viewProxy.requests.Load()-syncReq)/runs, "view-req/run")
-	b.ReportMetric(float64(viewProxy.bytes.Load()-syncBytes)/runs, "view-B/run")
+	b.ReportMetric(float64(viewProxy.Requests.Load()-syncReq)/runs, "view-req/run")
+	b.ReportMetric(float64(viewProxy.Bytes.Load()-syncBytes)/runs, "view-B/run")
 }
