@@ -77,3 +77,24 @@ func TestServeChecksHTTPFlagsFirst(t *testing.T) {
 		t.Errorf("got %v, want the TLS flags refused", err)
 	}
 }
+
+// TestServeChecksEngineFlags: -round-interval and -max-starting out of
+// their ranges fail serve and worker before they need the database.
+func TestServeChecksEngineFlags(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"serve", "-round-interval", "0s"}, "-round-interval must be positive and at most 1s"},
+		{[]string{"worker", "-round-interval", "2s"}, "-round-interval must be positive and at most 1s"},
+		{[]string{"serve", "-max-starting", "0"}, "-max-starting must be between 1 and 1000"},
+		{[]string{"worker", "-max-starting", "1001"}, "-max-starting must be between 1 and 1000"},
+	} {
+		args := append(tc.args, "-database-url", "postgres://127.0.0.1:1/none")
+		err := run(context.Background(), args, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: got %v, want %q", tc.args, err, tc.want)
+		}
+	}
+}

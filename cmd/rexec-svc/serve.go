@@ -49,6 +49,8 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, withAPI bool
 	workerID := fs.String("worker-id", "REXEC_WORKER_ID", "", "name of this worker in leases and audit events (default: hostname-pid)")
 	leaseTTL := fs.Duration("lease-ttl", "REXEC_LEASE_TTL", jobs.LeaseTTLDefault, "how long a worker's claim on a run holds without renewal; a dead worker's runs are recovered after it")
 	sessionTTL := fs.Duration("session-ttl", "REXEC_SESSION_TTL", 0, "TTL of runs' Consul sessions: how long the agents' unread output outlives a dead worker (default: 60s, or six lease TTLs if more)")
+	roundInterval := fs.Duration("round-interval", "REXEC_ROUND_INTERVAL", consul.RoundIntervalDefault, "least time between two listings of a prefix's results in Consul: lower answers runs sooner, higher reads less")
+	maxStarting := fs.Int("max-starting", "REXEC_MAX_STARTING", consul.MaxStartingDefault, "runs of a tenant between preparing and their first ack at once: how fast runs are fired against what the cluster's gossip carries")
 	requeueAfter := fs.Duration("requeue-after", "REXEC_REQUEUE_AFTER", jobs.RequeueAfterDefault, "a run queued this long is checked for a live job and re-queued without one")
 	auditKeyFile := fs.String("audit-key-file", "REXEC_AUDIT_KEY_FILE", "", "private key (from rexec-svc audit keygen) to sign audit checkpoints with; without one this process logs no events into the tenants' transparency logs")
 	auditInterval := fs.Duration("audit-interval", "REXEC_AUDIT_INTERVAL", auditlog.IntervalDefault, "how often new audit events are logged and a checkpoint signed")
@@ -67,6 +69,12 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, withAPI bool
 	}
 	if *workers < 0 {
 		return errors.New("-workers must not be negative")
+	}
+	if *roundInterval <= 0 || *roundInterval > time.Second {
+		return errors.New("-round-interval must be positive and at most 1s")
+	}
+	if *maxStarting < 1 || *maxStarting > 1000 {
+		return errors.New("-max-starting must be between 1 and 1000")
 	}
 	// Checked, and the certificate read, before anything is started: a
 	// mistyped flag fails at once, not after the database is reached.
@@ -97,7 +105,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, withAPI bool
 		return err
 	}
 	opts := serveOptions{workers: *workers, workerID: *workerID, leaseTTL: *leaseTTL, sessionTTL: *sessionTTL, requeueAfter: *requeueAfter,
-		http: httpOpts, auditSigner: signer, auditInterval: *auditInterval}
+		roundInterval: *roundInterval, maxStarting: *maxStarting, http: httpOpts, auditSigner: signer, auditInterval: *auditInterval}
 	if withAPI {
 		// A policy that does not compile stops the server before it listens.
 		if opts.policy, err = loadPolicy(ctx, st, log, *policyDir); err != nil {
@@ -127,8 +135,10 @@ type serveOptions struct {
 	workers         int
 	workerID        string
 	leaseTTL        time.Duration
-	// sessionTTL and requeueAfter: zero for the defaults.
-	sessionTTL, requeueAfter time.Duration
+	// sessionTTL, requeueAfter, roundInterval and maxStarting: zero for
+	// the defaults.
+	sessionTTL, requeueAfter, roundInterval time.Duration
+	maxStarting                             int
 	// policy decides the API's actions (required with a listener).
 	policy *policy.Engine
 	// http: the API's server and limits; zero values for the defaults.
@@ -169,7 +179,7 @@ func serve(ctx context.Context, st *store.Store, log *slog.Logger, o serveOption
 		log.WarnContext(ctx, "no -audit-key-file: this process signs no audit checkpoints; events wait for a process that does")
 	}
 	rc, err := jobs.NewClient(jobs.Config{Store: st, Workers: o.workers, WorkerID: o.workerID, LeaseTTL: o.leaseTTL,
-		SessionTTL: o.sessionTTL, RequeueAfter: o.requeueAfter, Cancels: cancels, Logger: log, Metrics: mtr})
+		SessionTTL: o.sessionTTL, RequeueAfter: o.requeueAfter, RoundInterval: o.roundInterval, MaxStarting: o.maxStarting, Cancels: cancels, Logger: log, Metrics: mtr})
 	if err != nil {
 		return err
 	}

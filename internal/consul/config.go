@@ -40,7 +40,7 @@ const (
 	KVMaxValueSizeDefault = 512 * 1024
 	RoundIntervalDefault  = 50 * time.Millisecond
 	EventSpreadDefault    = 100 * time.Millisecond
-	MaxStartingDefault    = 16
+	MaxStartingDefault    = 4
 	MaxConnsDefault       = 32
 	TeardownTimeout       = 10 * time.Second
 	HandlerTimeout        = 30 * time.Second
@@ -108,8 +108,10 @@ type Config struct {
 	// 219 and 243 ms (BenchmarkCLIVsConsulExec; 276 ms at 100ms).
 	RoundInterval time.Duration
 	// MaxStarting bounds the runs of this client between Prepare and the
-	// end of Fire at once (session, job spec, firing); others wait in
-	// Prepare before writing anything. Default: 16.
+	// first ack of one of their agents (or a second after firing) at once:
+	// session, job spec, firing, gossip. Others wait in Prepare before
+	// writing anything, so that runs come no faster than gossip carries
+	// their events, which it loses past that (enterStart). Default: 4.
 	MaxStarting int
 	// EventSpread is how long gossip may take to carry one more event of
 	// a run fired as several (a pinned target set too large for one):

@@ -56,9 +56,10 @@ type Run struct {
 	done    bool // closed or detached
 	watched bool
 
-	// started releases the run's place at the client's start gate (once),
-	// when it has fired or will not.
-	started func()
+	// started releases the run's place at the client's start gate (once):
+	// when an agent has answered, the run ended, or startHold after firing.
+	started   func()
+	holdTimer *time.Timer // releases the place startHold after firing
 }
 
 // Run resolves nothing: it prepares and executes spec on exactly targets.
@@ -410,7 +411,15 @@ func (r *Run) Fire(ctx context.Context, before func(context.Context) error) erro
 		return fmt.Errorf("%w: run already fired, attached or closed", ErrNotFired)
 	}
 	r.mu.Unlock()
-	defer r.leaveStart()
+	// A fired run keeps its place at the start gate until an agent
+	// answers, the run ends, or startHold passes (enterStart).
+	defer func() {
+		if !r.fired {
+			r.leaveStart()
+		} else if r.started != nil {
+			r.holdTimer = time.AfterFunc(startHold, r.started)
+		}
+	}()
 	fail := func(err error) error {
 		r.teardown(ctx)
 		return fmt.Errorf("%w: %w", ErrNotFired, err)
@@ -470,24 +479,62 @@ type FiredEvent struct {
 func (r *Run) FiredAt() (time.Time, []FiredEvent) { return r.firedAt, r.events }
 
 // enterStart waits for a place at the client's start gate: at most
-// MaxStarting runs are between Prepare and the end of Fire at once. Hundreds
-// of runs claimed together would otherwise create their sessions and job
-// specs all at once, and a run marked firing could wait longer for its
-// event to be accepted than it may (a worker's 500 runs at once lost a
-// quarter of their fires to timeouts). A run waiting here has written
-// nothing yet.
+// MaxStarting runs are between Prepare and the first ack of one of their
+// agents at once. A run waiting here has written nothing yet.
+//
+// The gate paces runs to what gossip carries. Consul accepts a fire at
+// once, but serf sends a few user events per gossip interval from each
+// node, freshest first, and relays them the same way: on the benchmark's
+// 5-node cluster it carried 20–25 events a second. Runs fired faster wait
+// in serf's queues, where older events lose out to newer ones and some
+// nodes do not hear of them in time (the agents' logs showed each missing
+// a few of 500, and the kernel dropped no datagram); the quiet period then
+// ends such a run with those nodes no_ack, though the command never ran
+// there (at 100 runs a second, 9 of 500 runs; at 32 a second, with 16
+// places held up to the first ack, 5–16 of 500). With 4 places held up to
+// the first ack, runs are fired at about the rate the cluster carries
+// them (18–23 a second there) and none was lost; the rest wait here, and
+// a caller's bound on starting is still checked when it fires (Fire's
+// before hook).
+//
+// A fired run keeps its place until its first ack, its end, or startHold,
+// whichever comes first: a run that no agent answers (its targets are down)
+// would otherwise hold its place for its whole quiet period. The hold
+// bounds such runs to MaxStarting/startHold fires a second, fewer than
+// gossip carries, so they cannot congest it by themselves.
+//
+// The gate was first made for reasons that still hold:
+// hundreds of runs claimed together would otherwise create their sessions
+// and job specs all at once, and a run marked firing could wait longer for
+// its event to be accepted than it may (a worker's 500 runs at once lost a
+// quarter of their fires to timeouts).
 func (c *Client) enterStart(ctx context.Context) (release func(), err error) {
 	select {
 	case c.starting <- struct{}{}:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("wait to start: %w", context.Cause(ctx))
+	default:
+		waited := c.cfg.Metrics.StartWaiting()
+		select {
+		case c.starting <- struct{}{}:
+			waited()
+		case <-ctx.Done():
+			waited()
+			return nil, fmt.Errorf("wait to start: %w", context.Cause(ctx))
+		}
 	}
 	var once sync.Once
 	return func() { once.Do(func() { <-c.starting }) }, nil
 }
 
+// startHold is the longest a fired run keeps its place at the start gate
+// without an answer from an agent (enterStart): five gossip intervals,
+// several times the first ack's usual delay.
+const startHold = time.Second
+
 // leaveStart releases the run's place at the start gate, if it holds one.
 func (r *Run) leaveStart() {
+	if r.holdTimer != nil {
+		r.holdTimer.Stop()
+	}
 	if r.started != nil {
 		r.started()
 	}

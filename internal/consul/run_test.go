@@ -13,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/rexec/rexec/internal/consul"
+	"github.com/rexec/rexec/internal/metrics"
 )
 
 func TestResolve(t *testing.T) {
@@ -575,4 +578,126 @@ func TestRunQuietWaitsForGossip(t *testing.T) {
 		t.Errorf("the run ended quiet %v after firing %d events, before the last could have spread (%v)", took, res.Events, least)
 	}
 	b.assertClean(t, res.Session)
+}
+
+// TestStartGatePacesFires: a fired run keeps its place at the start gate
+// until an agent acknowledges it, so the next run of the client is not
+// prepared (let alone fired) before that; and a run no agent answers gives
+// its place up after a while (a second), long before its quiet period ends.
+func TestStartGatePacesFires(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := ctxT(t, time.Minute)
+	reg := prometheus.NewRegistry()
+	c, err := consul.New(consul.Config{Address: b.cluster.Agent("web-1").HTTPAddr(), MaxStarting: 1, Metrics: metrics.New(reg)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiting := func() float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == metrics.NameRunsWaitingToStart {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatalf("%s not registered", metrics.NameRunsWaitingToStart)
+		return 0
+	}
+	// prepareNext prepares a run of c in the background, reports when
+	// Prepare returned, and closes the run: a prepared run holds its place.
+	prepareNext := func(spec consul.Spec, targets []consul.Node) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			r, err := c.Prepare(ctx, spec, targets)
+			if err == nil {
+				_ = r.Close(ctx)
+			}
+			done <- err
+		}()
+		return done
+	}
+
+	// fire resolves, prepares and fires a run of c on spec's nodes; the
+	// caller closes it.
+	fire := func(t *testing.T, spec consul.Spec) (*consul.Run, []consul.Node) {
+		t.Helper()
+		targets, err := c.Resolve(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := c.Prepare(ctx, spec, targets)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = r.Close(context.Background()) })
+		if err := r.Fire(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+		return r, targets
+	}
+
+	t.Run("held until the first ack", func(t *testing.T) {
+		spec := b.spec("true")
+		spec.NodeFilter = "^web-2$"
+		first, targets := fire(t, spec)
+		next := prepareNext(spec, targets)
+		acked := make(chan struct{})
+		col := collector{onAck: func(string) { close(acked) }}
+		watched := make(chan error, 1)
+		go func() {
+			_, err := first.Watch(ctx, col.handle)
+			watched <- err
+		}()
+		if err := <-next; err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-acked:
+		default:
+			t.Fatal("the next run was prepared before the fired one was acknowledged")
+		}
+		if err := <-watched; err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("given up when no agent answers", func(t *testing.T) {
+		spec := b.spec("true")
+		spec.NodeFilter = "^noexec-1$" // remote exec disabled: it never acks
+		spec.Wait = 20 * time.Second
+		silent, targets := fire(t, spec)
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		watched := make(chan struct{})
+		go func() {
+			defer close(watched)
+			_, _ = silent.Watch(wctx, nil)
+		}()
+		next := prepareNext(b.spec("true"), targets)
+		// The next run waits (and is counted as waiting) for the silent
+		// run's place, which is given up a second after its fire.
+		for waiting() != 1 {
+			select {
+			case err := <-next:
+				t.Fatalf("the next run was prepared (%v) without waiting for the silent run's place", err)
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		if err := <-next; err != nil {
+			t.Fatal(err)
+		}
+		if n := waiting(); n != 0 {
+			t.Errorf("%s = %v after the wait, want 0", metrics.NameRunsWaitingToStart, n)
+		}
+		select {
+		case <-watched:
+			t.Fatal("the silent run ended before the next was prepared: its place was held for its quiet period")
+		default:
+		}
+		cancel()
+		<-watched
+	})
 }

@@ -279,6 +279,10 @@ func (w *watcher) watch(ctx context.Context) (Outcome, error) {
 				return "", err
 			}
 		}
+		if w.acked > 0 {
+			// The event got through: the next run may fire (enterStart).
+			r.leaveStart()
+		}
 		// The quiet period starts once the handler is done: time it spent
 		// storing (a busy database) must not make stragglers look silent,
 		// since nothing was read meanwhile.

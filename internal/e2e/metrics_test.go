@@ -185,7 +185,7 @@ func TestMetrics(t *testing.T) {
 	}
 
 	await(t, 30*time.Second, "the late run's start bound to pass", func() bool { return time.Now().After(startBy) })
-	worker := e.startWorker("-workers", "2", "-worker-id", "metrics", "-metrics-listen", "127.0.0.1:0")
+	worker := e.startWorker("-workers", "3", "-max-starting", "1", "-worker-id", "metrics", "-metrics-listen", "127.0.0.1:0")
 	for _, path := range []string{"/healthz", "/readyz"} {
 		resp, err := http.Get(worker + path)
 		if err != nil {
@@ -212,7 +212,7 @@ func TestMetrics(t *testing.T) {
 		ok     func(float64) bool
 	}{
 		{metrics.NamePickup, nil, atLeast(1)},
-		{metrics.NameWorkerSlots, nil, is(2)},
+		{metrics.NameWorkerSlots, nil, is(3)},
 		{metrics.NameOutputBytesArchived, nil, is(float64(len("hello\n")))},
 		{metrics.NameConsulRequests, []string{"endpoint", "session/create", "result", "2xx"}, atLeast(1)},
 		{metrics.NameConsulRequests, []string{"endpoint", "event/fire", "result", "2xx"}, atLeast(1)},
@@ -260,4 +260,24 @@ func TestMetrics(t *testing.T) {
 		}
 		s.checkEndpoints(t, process)
 	}
+
+	// Three runs on a node that never acknowledges, on a worker that lets
+	// one run of a tenant start at a time (-max-starting 1): each keeps
+	// its place a second after its fire, and the others are counted as
+	// waiting meanwhile.
+	var silent []string
+	for range 3 {
+		sub := e.cli(nil, "exec", "-detach", "-node", "^noexec-1$", "-wait", "500ms", "true")
+		if sub.code != 0 {
+			t.Fatalf("exec -detach: %d %s", sub.code, sub.stderr)
+		}
+		silent = append(silent, strings.TrimSpace(sub.stdout))
+	}
+	awaitValue(t, worker, atLeast(1), metrics.NameRunsWaitingToStart)
+	for _, id := range silent {
+		if res := e.cli(nil, "jobs", "wait", id); res.code == 0 {
+			t.Errorf("jobs wait %s: exit 0 for a node that never acknowledged\n%s", id, res.stdout)
+		}
+	}
+	awaitValue(t, worker, is(0), metrics.NameRunsWaitingToStart)
 }

@@ -138,6 +138,15 @@ type Config struct {
 	// cancel of its run (store.CancelChannel). Without it a cancel is
 	// noticed at the next lease renewal.
 	Cancels *store.Notifier
+	// RoundInterval is the least time between two listings of a prefix's
+	// shared key watch (consul.Config.RoundInterval): a run's latency
+	// against what it reads. Zero: the engine's default (50ms).
+	RoundInterval time.Duration
+	// MaxStarting bounds each tenant's runs between preparing and their
+	// first ack at once (consul.Config.MaxStarting): how fast runs are
+	// fired against what the tenant's gossip carries. Zero: the engine's
+	// default (4).
+	MaxStarting int
 	// ConsulConfig adjusts each tenant's engine configuration (tests count
 	// requests with it). Optional.
 	ConsulConfig func(*consul.Config)
@@ -182,6 +191,10 @@ func NewClient(cfg Config) (*river.Client[pgx.Tx], error) {
 		return nil, errors.New("jobs: SessionTTL must be at least 10s (Consul's minimum)")
 	case cfg.RequeueAfter < time.Second:
 		return nil, errors.New("jobs: RequeueAfter must be at least 1s")
+	case cfg.RoundInterval < 0 || cfg.RoundInterval > time.Second:
+		return nil, errors.New("jobs: RoundInterval must be between 0 (the default) and 1s")
+	case cfg.MaxStarting < 0 || cfg.MaxStarting > 1000:
+		return nil, errors.New("jobs: MaxStarting must be between 0 (the default) and 1000")
 	}
 	rc := &river.Config{
 		ID:     cfg.WorkerID,

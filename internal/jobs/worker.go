@@ -328,6 +328,8 @@ func (e *execution) restore(ctx context.Context, r *consul.Run) error {
 func (e *execution) client() (*consul.Client, error) {
 	return e.w.clients.Get(e.tenant, func(c *consul.Config) {
 		c.SessionTTL = e.w.cfg.SessionTTL
+		c.RoundInterval = e.w.cfg.RoundInterval
+		c.MaxStarting = e.w.cfg.MaxStarting
 		c.Logger = e.w.cfg.Logger
 		c.Metrics = e.w.cfg.Metrics
 	})

@@ -35,6 +35,7 @@ const (
 	NamePickup              = "rexec_pickup_seconds"
 	NameRunsInFlight        = "rexec_runs_in_flight"
 	NameWorkerSlots         = "rexec_worker_slots"
+	NameRunsWaitingToStart  = "rexec_runs_waiting_to_start"
 	NameConsulRequests      = "rexec_consul_requests_total"
 	NameConsulResponseBytes = "rexec_consul_response_bytes_total"
 	NameCatalogViewAge      = "rexec_catalog_view_age_seconds"
@@ -49,7 +50,7 @@ const (
 // docs/metrics.md. The API's own (rexec_http_*) are defined in package api.
 var Names = []string{
 	NameRuns, NameRunsFinished, NameQueueDepth, NameQueueOldestAge, NameSubmit, NamePickup,
-	NameRunsInFlight, NameWorkerSlots, NameConsulRequests, NameConsulResponseBytes, NameCatalogViewAge,
+	NameRunsInFlight, NameWorkerSlots, NameRunsWaitingToStart, NameConsulRequests, NameConsulResponseBytes, NameCatalogViewAge,
 	NameOutputBytesArchived, NameLeaseRenewalsFailed, NameRecoveries, NameAuditUnloggedAge, NameDatabaseScrapeError,
 }
 
@@ -104,6 +105,7 @@ type Metrics struct {
 	pickup         prometheus.Histogram
 	inFlight       prometheus.Gauge
 	workerSlots    prometheus.Gauge
+	startWaiting   prometheus.Gauge
 	consulRequests *prometheus.CounterVec
 	consulBytes    *prometheus.CounterVec
 	outputBytes    prometheus.Counter
@@ -132,6 +134,8 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help: "Runs this process is carrying out now."}),
 		workerSlots: prometheus.NewGauge(prometheus.GaugeOpts{Name: NameWorkerSlots,
 			Help: "Runs this process carries out at once at most (-workers); 0 for an API-only process."}),
+		startWaiting: prometheus.NewGauge(prometheus.GaugeOpts{Name: NameRunsWaitingToStart,
+			Help: "Runs of this process waiting for a place at their tenant's start gate, before writing anything to Consul: the gate's places are held by runs not yet acknowledged by an agent, so that runs are fired no faster than gossip carries them."}),
 		consulRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: NameConsulRequests,
 			Help: "HTTP requests to Consul agents, by endpoint (a fixed route, never a key, session or node) and result (2xx, 3xx, 4xx, 5xx, error, canceled)."},
 			[]string{"endpoint", "result"}),
@@ -157,7 +161,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	for _, s := range FinalStates {
 		m.runsFinished.WithLabelValues(s)
 	}
-	reg.MustRegister(m.runsFinished, m.submit, m.pickup, m.inFlight, m.workerSlots, m.consulRequests, m.consulBytes,
+	reg.MustRegister(m.runsFinished, m.submit, m.pickup, m.inFlight, m.workerSlots, m.startWaiting, m.consulRequests, m.consulBytes,
 		m.outputBytes, m.leaseFailed, m.recoveries, m.dbErrors, catalogCollector{m}, databaseCollector{m})
 	return m
 }
@@ -217,6 +221,16 @@ func (m *Metrics) RunStarted() (done func()) {
 	}
 	m.inFlight.Inc()
 	return m.inFlight.Dec
+}
+
+// StartWaiting counts a run waiting for a place at a start gate; the
+// returned function, called once when it stops waiting, uncounts it.
+func (m *Metrics) StartWaiting() (done func()) {
+	if m == nil {
+		return func() {}
+	}
+	m.startWaiting.Inc()
+	return m.startWaiting.Dec
 }
 
 // SetWorkerSlots records how many runs this process carries out at most.
