@@ -14,6 +14,7 @@ import (
 	"github.com/rexec/rexec/internal/auditlog"
 	"github.com/rexec/rexec/internal/auditproof"
 	"github.com/rexec/rexec/internal/store"
+	"github.com/rexec/rexec/internal/storetest"
 	"github.com/rexec/rexec/internal/testenv"
 )
 
@@ -46,11 +47,7 @@ func setup(t *testing.T, tenants ...string) *fixture {
 	t.Cleanup(st.Close)
 	f := &fixture{t: t, pool: st.Pool(), st: st, ownerURL: db.Owner, tenants: map[int64]string{}}
 	for _, name := range tenants {
-		tn, err := st.CreateTenant(ctx, store.Tenant{Name: name, ConsulAddr: "127.0.0.1:8500", Prefix: "_rexec", OutputCap: 1 << 20})
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.tenants[tn.ID] = name
+		f.tenants[storetest.Tenant(t, st, name).ID] = name
 	}
 	skey, vkey, err := note.GenerateKey(rand.Reader, "rexec-test")
 	if err != nil {

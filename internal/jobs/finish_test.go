@@ -13,7 +13,7 @@ import (
 
 	"github.com/rexec/rexec/internal/consul"
 	"github.com/rexec/rexec/internal/store"
-	"github.com/rexec/rexec/internal/testenv"
+	"github.com/rexec/rexec/internal/storetest"
 )
 
 // TestHandleRounds: the handler's audit events name the facts of each
@@ -22,19 +22,9 @@ import (
 func TestHandleRounds(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	st, err := store.Open(ctx, testenv.Migrated(t).Service)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	tn, err := st.CreateTenant(ctx, store.Tenant{Name: "acme", ConsulAddr: "127.0.0.1:8500", Prefix: "_rexec", OutputCap: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := st.UpsertPrincipal(ctx, tn.ID, "alice", []string{store.RoleSubmitter})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := storetest.Open(t)
+	tn := storetest.Tenant(t, st, "acme")
+	p := storetest.Principal(t, st, tn.ID, "alice", store.RoleSubmitter)
 	nodes := []string{"a", "b", "c"}
 	targets, _ := json.Marshal(nodes)
 	run, err := st.InsertRun(ctx, store.Run{TenantID: tn.ID, SubmittedBy: p.ID, State: store.StateQueued, Argv: []string{"true"},

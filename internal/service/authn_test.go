@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/rexec/rexec/internal/store"
-	"github.com/rexec/rexec/internal/testenv"
+	"github.com/rexec/rexec/internal/storetest"
 )
 
 // TestTokenCacheBounds: a process answers from what it learnt of a token
@@ -19,20 +19,9 @@ import (
 func TestTokenCacheBounds(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	db := testenv.Migrated(t)
-	st, err := store.Open(ctx, db.Service)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	tn, err := st.CreateTenant(ctx, store.Tenant{Name: "acme", ConsulAddr: "127.0.0.1:8500", Prefix: "_rexec", OutputCap: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := st.UpsertPrincipal(ctx, tn.ID, "alice", []string{store.RoleSubmitter})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := storetest.Open(t)
+	tn := storetest.Tenant(t, st, "acme")
+	p := storetest.Principal(t, st, tn.ID, "alice", store.RoleSubmitter)
 
 	for _, tc := range []struct {
 		note string

@@ -17,6 +17,7 @@ import (
 	"github.com/rexec/rexec/internal/jobs"
 	"github.com/rexec/rexec/internal/simagent"
 	"github.com/rexec/rexec/internal/store"
+	"github.com/rexec/rexec/internal/storetest"
 	"github.com/rexec/rexec/internal/testenv"
 )
 
@@ -111,19 +112,9 @@ func BenchmarkEngineScale(b *testing.B) {
 		},
 	})
 
-	st, err := store.Open(ctx, testenv.Migrated(b).Service)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Pool().Close()
-	tenant, err := st.CreateTenant(ctx, store.Tenant{Name: "bench", ConsulAddr: "unused:8500", Prefix: "_rexec", OutputCap: 1 << 20})
-	if err != nil {
-		b.Fatal(err)
-	}
-	principal, err := st.UpsertPrincipal(ctx, tenant.ID, "bench", []string{store.RoleSubmitter})
-	if err != nil {
-		b.Fatal(err)
-	}
+	st := storetest.Open(b)
+	tenant := storetest.Tenant(b, st, "bench")
+	principal := storetest.Principal(b, st, tenant.ID, "bench", store.RoleSubmitter)
 
 	cnt := testenv.NewHTTPCounter()
 	c := engine(b, cnt)
