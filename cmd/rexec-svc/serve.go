@@ -50,7 +50,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer, withAPI bool
 	leaseTTL := fs.Duration("lease-ttl", "REXEC_LEASE_TTL", jobs.LeaseTTLDefault, "how long a worker's claim on a run holds without renewal; a dead worker's runs are recovered after it")
 	sessionTTL := fs.Duration("session-ttl", "REXEC_SESSION_TTL", 0, "TTL of runs' Consul sessions: how long the agents' unread output outlives a dead worker (default: 60s, or six lease TTLs if more)")
 	roundInterval := fs.Duration("round-interval", "REXEC_ROUND_INTERVAL", consul.RoundIntervalDefault, "least time between two listings of a prefix's results in Consul: lower answers runs sooner, higher reads less")
-	maxStarting := fs.Int("max-starting", "REXEC_MAX_STARTING", consul.MaxStartingDefault, "runs of a tenant between preparing and their first ack at once: how fast runs are fired against what the cluster's gossip carries")
+	maxStarting := fs.Int("max-starting", "REXEC_MAX_STARTING", consul.MaxStartingDefault, "runs of a tenant between preparing and the ack of their last target at once: how fast runs are fired against what the cluster's gossip carries")
 	requeueAfter := fs.Duration("requeue-after", "REXEC_REQUEUE_AFTER", jobs.RequeueAfterDefault, "a run queued this long is checked for a live job and re-queued without one")
 	auditKeyFile := fs.String("audit-key-file", "REXEC_AUDIT_KEY_FILE", "", "private key (from rexec-svc audit keygen) to sign audit checkpoints with; without one this process logs no events into the tenants' transparency logs")
 	auditInterval := fs.Duration("audit-interval", "REXEC_AUDIT_INTERVAL", auditlog.IntervalDefault, "how often new audit events are logged and a checkpoint signed")

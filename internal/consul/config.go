@@ -108,7 +108,7 @@ type Config struct {
 	// 219 and 243 ms (BenchmarkCLIVsConsulExec; 276 ms at 100ms).
 	RoundInterval time.Duration
 	// MaxStarting bounds the runs of this client between Prepare and the
-	// first ack of one of their agents (or a second after firing) at once:
+	// ack of their last target (or a second after firing) at once:
 	// session, job spec, firing, gossip. Others wait in Prepare before
 	// writing anything, so that runs come no faster than gossip carries
 	// their events, which it loses past that (enterStart). Default: 4.

@@ -57,7 +57,7 @@ type Run struct {
 	watched bool
 
 	// started releases the run's place at the client's start gate (once):
-	// when an agent has answered, the run ended, or startHold after firing.
+	// when every target has acked, the run ended, or startHold after firing.
 	started   func()
 	holdTimer *time.Timer // releases the place startHold after firing
 }
@@ -411,8 +411,8 @@ func (r *Run) Fire(ctx context.Context, before func(context.Context) error) erro
 		return fmt.Errorf("%w: run already fired, attached or closed", ErrNotFired)
 	}
 	r.mu.Unlock()
-	// A fired run keeps its place at the start gate until an agent
-	// answers, the run ends, or startHold passes (enterStart).
+	// A fired run keeps its place at the start gate until every target
+	// acks, the run ends, or startHold passes (enterStart).
 	defer func() {
 		if !r.fired {
 			r.leaveStart()
@@ -479,8 +479,8 @@ type FiredEvent struct {
 func (r *Run) FiredAt() (time.Time, []FiredEvent) { return r.firedAt, r.events }
 
 // enterStart waits for a place at the client's start gate: at most
-// MaxStarting runs are between Prepare and the first ack of one of their
-// agents at once. A run waiting here has written nothing yet.
+// MaxStarting runs are between Prepare and the ack of their last target at
+// once. A run waiting here has written nothing yet.
 //
 // The gate paces runs to what gossip carries. Consul accepts a fire at
 // once, but serf sends a few user events per gossip interval from each
@@ -491,17 +491,21 @@ func (r *Run) FiredAt() (time.Time, []FiredEvent) { return r.firedAt, r.events }
 // a few of 500, and the kernel dropped no datagram); the quiet period then
 // ends such a run with those nodes no_ack, though the command never ran
 // there (at 100 runs a second, 9 of 500 runs; at 32 a second, with 16
-// places held up to the first ack, 5–16 of 500). With 4 places held up to
-// the first ack, runs are fired at about the rate the cluster carries
-// them (18–23 a second there) and none was lost; the rest wait here, and
-// a caller's bound on starting is still checked when it fires (Fire's
-// before hook).
+// places held up to the first ack, 5–16 of 500). With 4 places, runs are
+// fired at about the rate the cluster carries them (18–23 a second there)
+// and none was lost; the rest wait here, and a caller's bound on starting
+// is still checked when it fires (Fire's before hook).
 //
-// A fired run keeps its place until its first ack, its end, or startHold,
-// whichever comes first: a run that no agent answers (its targets are down)
-// would otherwise hold its place for its whole quiet period. The hold
-// bounds such runs to MaxStarting/startHold fires a second, fewer than
-// gossip carries, so they cannot congest it by themselves.
+// A fired run keeps its place until every target has acked, not just the
+// first: serf sends the freshest events first, so a new event reaches its
+// nearest target quickly however congested gossip is, while older events
+// wait for their remaining transmissions. Only the last ack says the event
+// is through. It gives the place up at its end, or after startHold,
+// whichever comes first: a run with a target that never answers (remote
+// exec disabled there, or the node died) would otherwise hold it for its
+// whole quiet period. The hold bounds such runs to MaxStarting/startHold
+// fires a second, fewer than gossip carries, so they cannot congest it by
+// themselves.
 //
 // The gate was first made for reasons that still hold:
 // hundreds of runs claimed together would otherwise create their sessions
@@ -526,8 +530,8 @@ func (c *Client) enterStart(ctx context.Context) (release func(), err error) {
 }
 
 // startHold is the longest a fired run keeps its place at the start gate
-// without an answer from an agent (enterStart): five gossip intervals,
-// several times the first ack's usual delay.
+// before all its targets acked (enterStart): five gossip intervals, about
+// what an event takes to reach the last of 31 agents (540–800 ms).
 const startHold = time.Second
 
 // leaveStart releases the run's place at the start gate, if it holds one.

@@ -279,8 +279,9 @@ func (w *watcher) watch(ctx context.Context) (Outcome, error) {
 				return "", err
 			}
 		}
-		if w.acked > 0 {
-			// The event got through: the next run may fire (enterStart).
+		if w.acked == len(w.nodes) {
+			// The event reached every target: the next run may fire
+			// (enterStart).
 			r.leaveStart()
 		}
 		// The quiet period starts once the handler is done: time it spent

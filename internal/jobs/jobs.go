@@ -142,10 +142,10 @@ type Config struct {
 	// shared key watch (consul.Config.RoundInterval): a run's latency
 	// against what it reads. Zero: the engine's default (50ms).
 	RoundInterval time.Duration
-	// MaxStarting bounds each tenant's runs between preparing and their
-	// first ack at once (consul.Config.MaxStarting): how fast runs are
-	// fired against what the tenant's gossip carries. Zero: the engine's
-	// default (4).
+	// MaxStarting bounds each tenant's runs between preparing and the ack
+	// of their last target at once (consul.Config.MaxStarting): how fast
+	// runs are fired against what the tenant's gossip carries. Zero: the
+	// engine's default (4).
 	MaxStarting int
 	// ConsulConfig adjusts each tenant's engine configuration (tests count
 	// requests with it). Optional.
