@@ -162,7 +162,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.runsFinished.WithLabelValues(s)
 	}
 	reg.MustRegister(m.runsFinished, m.submit, m.pickup, m.inFlight, m.workerSlots, m.startWaiting, m.consulRequests, m.consulBytes,
-		m.outputBytes, m.leaseFailed, m.recoveries, m.dbErrors, catalogCollector{m}, databaseCollector{m})
+		m.outputBytes, m.leaseFailed, m.recoveries, catalogCollector{m}, databaseCollector{m})
 	return m
 }
 

@@ -67,9 +67,15 @@ func (c databaseCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descQueueDepth
 	ch <- descQueueOldest
 	ch <- descAuditUnlogged
+	c.m.dbErrors.Describe(ch)
 }
 
 func (c databaseCollector) Collect(ch chan<- prometheus.Metric) {
+	// The error counter is collected here, after this scrape's read, not
+	// as a collector of its own: the registry collects its collectors at
+	// once, and the scrape whose read failed would often show the count
+	// from before.
+	defer c.m.dbErrors.Collect(ch)
 	src := c.m.database.Load()
 	if src == nil {
 		return
