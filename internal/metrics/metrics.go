@@ -135,7 +135,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		workerSlots: prometheus.NewGauge(prometheus.GaugeOpts{Name: NameWorkerSlots,
 			Help: "Runs this process carries out at once at most (-workers); 0 for an API-only process."}),
 		startWaiting: prometheus.NewGauge(prometheus.GaugeOpts{Name: NameRunsWaitingToStart,
-			Help: "Runs of this process waiting for a place at their tenant's start gate, before writing anything to Consul: the gate's places are held by runs not yet acknowledged by an agent, so that runs are fired no faster than gossip carries them."}),
+			Help: "Runs of this process waiting for a place at their tenant's start gate, before writing anything to Consul: the gate's places are held by runs not yet acknowledged by all their targets, so that runs are fired no faster than gossip carries them."}),
 		consulRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: NameConsulRequests,
 			Help: "HTTP requests to Consul agents, by endpoint (a fixed route, never a key, session or node) and result (2xx, 3xx, 4xx, 5xx, error, canceled)."},
 			[]string{"endpoint", "result"}),
