@@ -1,7 +1,9 @@
 package audit
 
 import (
+	"slices"
 	"testing"
+	"unicode/utf16"
 )
 
 func TestCanonicalJSON(t *testing.T) {
@@ -49,4 +51,20 @@ func FuzzCanonicalJSON(f *testing.F) {
 			t.Fatalf("not idempotent: %q then %q", once, twice)
 		}
 	})
+}
+
+// TestCompareUTF16: member names compare as their UTF-16 code units do,
+// over every kind of character that orders differently in UTF-8 and in
+// UTF-16, prefixes, and invalid UTF-8.
+func TestCompareUTF16(t *testing.T) {
+	byUnits := func(a, b string) int { return slices.Compare(utf16.Encode([]rune(a)), utf16.Encode([]rune(b))) }
+	words := []string{"", "a", "ab", "b", "A", "1", "\u00e9", "\u00e9a", "\u07ff", "\u0800", "\ud7ff", "\ue000", "\ufb33",
+		"\uffff", "\U00010000", "\U0001f600", "\U0001f600a", "\U0010ffff", "\xff", "\xffa", "a\xff", "\xc3", "\ufffd"}
+	for _, a := range words {
+		for _, b := range words {
+			if got, want := compareUTF16(a, b), byUnits(a, b); got != want {
+				t.Errorf("compareUTF16(%q, %q) = %d, want %d", a, b, got, want)
+			}
+		}
+	}
 }
