@@ -40,7 +40,7 @@ func TestInsertRunsTogether(t *testing.T) {
 	var nodes [][]string
 	for i, tc := range insertCases {
 		runs = append(runs, PrepareRun(b.newRun(tc.run), time.Now()))
-		nodes = append(nodes, []string{"n1", "n2", "n3"}[:i+1])
+		nodes = append(nodes, []string{"n1", "n2", "n3", "n4", "n5"}[:i+1])
 	}
 	if err := b.st.InBatchTx(ctx, func(bt *pgx.Batch) error { QueueInsertRuns(bt, runs, nodes); return nil }, nil); err != nil {
 		t.Fatal(err)
@@ -62,6 +62,12 @@ var insertCases = []struct {
 	{note: "pending approval", run: Run{State: StatePendingApproval, Argv: []string{"rm", "-rf", "/tmp/x"}, Shell: true,
 		ApprovalTTL: 2 * time.Hour, Policy: PolicyDecision{Outcome: PolicyRequireApproval, Reasons: []string{"risky"},
 			Revision: "abc", Approvals: 2, ApproverRoles: []string{RoleApprover}}}},
+	// The text[] columns travel as array literals: what their syntax
+	// holds must arrive as written.
+	{note: "array syntax in argv and reasons", run: Run{State: StateQueued, Shell: false,
+		Argv:   []string{`a "quoted" arg`, `back\slash\`, "", "NULL", "{x,y}", " spaced ", "déjà vu", `\"`, "tab\tnew\nline"},
+		Policy: PolicyDecision{Reasons: []string{"NULL", `"`, "a,b"}}}},
+	{note: "no argv", run: Run{State: StateQueued, Script: []byte{0, 1, 2}}},
 }
 
 // newRun completes r as the service would, for b's tenant and principal.

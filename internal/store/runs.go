@@ -5,10 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"regexp"
-	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -126,47 +123,54 @@ func scanRun(row interface{ Scan(...any) error }) (Run, error) {
 	return r, err
 }
 
-// queryInsertRunsHead and queryInsertRunsRow make the statement that
-// stores runs with the times and IDs their caller chose, so that nothing
-// of them needs reading back (QueueInsertRuns): the head, then one row of
-// insertRunArgs parameters a run, numbered from $1 on.
-const (
-	queryInsertRunsHead = `
+// queryInsertRuns stores runs with the times and IDs their caller chose,
+// so that nothing of them needs reading back (QueueInsertRuns). Each
+// parameter is one column of every run: one statement, which a connection
+// parses and plans once, however many runs a batch holds. (A VALUES row a
+// run made one statement per batch size, each parsed and planned again on
+// every connection: a third of a submission's database time went there.)
+// The text[] columns travel as array literals (textArrayLiteral), since an
+// array of arrays must be rectangular.
+const queryInsertRuns = `
 INSERT INTO runs (id, tenant_id, submitted_by, state, argv, script, shell, node_filter, service_filter, tag_filter,
 	prefix, wait_ms, wait_repl_ms, timeout_ms, reason, output_cap, targets, created_at, start_by, start_timeout_ms,
 	request_hash, policy_outcome, policy_reasons, policy_revision, approvals_required, approver_roles,
 	approval_expires_at, preflight, catalog_index, catalog_source)
-VALUES `
-	queryInsertRunsRow = `($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-	$21, $22, $23, $24, $25, $26, $27, $28, nullif($29::bigint, 0), nullif($30, ''))`
-	insertRunArgs = 30
-)
+SELECT id, tenant_id, submitted_by, state, argv::text[], script, shell, node_filter, service_filter, tag_filter,
+	prefix, wait_ms, wait_repl_ms, timeout_ms, reason, output_cap, targets, created_at, start_by, start_timeout_ms,
+	request_hash, policy_outcome, policy_reasons::text[], policy_revision, approvals_required, approver_roles::text[],
+	approval_expires_at, preflight, nullif(catalog_index, 0), nullif(catalog_source, '')
+FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bytea[], $7::boolean[],
+	$8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[], $15::text[],
+	$16::bigint[], $17::jsonb[], $18::timestamptz[], $19::timestamptz[], $20::bigint[], $21::text[], $22::text[],
+	$23::text[], $24::text[], $25::int[], $26::text[], $27::timestamptz[], $28::jsonb[], $29::bigint[], $30::text[])
+	AS u (id, tenant_id, submitted_by, state, argv, script, shell, node_filter, service_filter, tag_filter,
+	prefix, wait_ms, wait_repl_ms, timeout_ms, reason, output_cap, targets, created_at, start_by, start_timeout_ms,
+	request_hash, policy_outcome, policy_reasons, policy_revision, approvals_required, approver_roles,
+	approval_expires_at, preflight, catalog_index, catalog_source)`
 
-// queryInsertRuns holds the statement for 1, 2, … runs (insertRunsQuery).
-var queryInsertRuns sync.Map
-
-// insertRunsQuery returns the statement that stores n runs.
-func insertRunsQuery(n int) string {
-	if q, ok := queryInsertRuns.Load(n); ok {
-		return q.(string)
-	}
-	var sb strings.Builder
-	sb.WriteString(queryInsertRunsHead)
-	for i := range n {
+// textArrayLiteral returns ss as a PostgreSQL array literal, each element
+// quoted (so that none reads as NULL) with its quotes and backslashes
+// escaped: one text[] value as one element of a text[] parameter.
+func textArrayLiteral(ss []string) string {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, s := range ss {
 		if i > 0 {
-			sb.WriteString(",\n")
+			b.WriteByte(',')
 		}
-		off := i * insertRunArgs
-		sb.WriteString(paramRef.ReplaceAllStringFunc(queryInsertRunsRow, func(ref string) string {
-			k, _ := strconv.Atoi(ref[1:])
-			return "$" + strconv.Itoa(off+k)
-		}))
+		b.WriteByte('"')
+		for j := range len(s) {
+			if s[j] == '"' || s[j] == '\\' {
+				b.WriteByte('\\')
+			}
+			b.WriteByte(s[j])
+		}
+		b.WriteByte('"')
 	}
-	q, _ := queryInsertRuns.LoadOrStore(n, sb.String())
-	return q.(string)
+	b.WriteByte('}')
+	return b.String()
 }
-
-var paramRef = regexp.MustCompile(`\$[0-9]+`)
 
 // queryInsertRunNodes stores the target nodes of runs: $2 lists them all,
 // $1 the run of each.
@@ -222,19 +226,70 @@ func QueueInsertRuns(b *pgx.Batch, runs []Run, nodes [][]string) {
 	if len(runs) == 0 {
 		return
 	}
-	args := make([]any, 0, len(runs)*insertRunArgs)
+	// The columns of queryInsertRuns, in its order, a run an element.
+	var c struct {
+		ids                                        []string
+		tenants, submitters                        []int64
+		states, argvs                              []string
+		scripts                                    [][]byte
+		shells                                     []bool
+		nodeFilters, serviceFilters, tagFilters    []string
+		prefixes                                   []string
+		waits, waitRepls, timeouts                 []int64
+		reasons                                    []string
+		outputCaps                                 []int64
+		targets                                    []json.RawMessage
+		created, startBy                           []time.Time
+		startTimeouts                              []int64
+		hashes, outcomes, policyReasons, revisions []string
+		approvals                                  []int32
+		approverRoles                              []string
+		approvalExpires                            []*time.Time
+		preflights                                 []json.RawMessage
+		catalogIndexes                             []int64
+		catalogSources                             []string
+	}
 	var nodeRuns, nodeNames []string
 	for i, r := range runs {
-		args = append(args, r.ID, r.TenantID, r.SubmittedBy, r.State, r.Argv, r.Script, r.Shell,
-			r.NodeFilter, r.ServiceFilter, r.TagFilter, r.Prefix, r.Wait.Milliseconds(), r.WaitRepl.Milliseconds(),
-			r.Timeout.Milliseconds(), r.Reason, r.OutputCap, r.Targets, r.CreatedAt, r.StartBy, r.StartTimeout.Milliseconds(),
-			r.RequestHash, r.Policy.Outcome, r.Policy.Reasons, r.Policy.Revision, r.Policy.Approvals,
-			r.Policy.ApproverRoles, r.ApprovalExpiresAt, r.Preflight, int64(r.CatalogIndex), r.CatalogSource)
+		c.ids = append(c.ids, r.ID)
+		c.tenants = append(c.tenants, r.TenantID)
+		c.submitters = append(c.submitters, r.SubmittedBy)
+		c.states = append(c.states, r.State)
+		c.argvs = append(c.argvs, textArrayLiteral(r.Argv))
+		c.scripts = append(c.scripts, r.Script)
+		c.shells = append(c.shells, r.Shell)
+		c.nodeFilters = append(c.nodeFilters, r.NodeFilter)
+		c.serviceFilters = append(c.serviceFilters, r.ServiceFilter)
+		c.tagFilters = append(c.tagFilters, r.TagFilter)
+		c.prefixes = append(c.prefixes, r.Prefix)
+		c.waits = append(c.waits, r.Wait.Milliseconds())
+		c.waitRepls = append(c.waitRepls, r.WaitRepl.Milliseconds())
+		c.timeouts = append(c.timeouts, r.Timeout.Milliseconds())
+		c.reasons = append(c.reasons, r.Reason)
+		c.outputCaps = append(c.outputCaps, r.OutputCap)
+		c.targets = append(c.targets, r.Targets)
+		c.created = append(c.created, r.CreatedAt)
+		c.startBy = append(c.startBy, r.StartBy)
+		c.startTimeouts = append(c.startTimeouts, r.StartTimeout.Milliseconds())
+		c.hashes = append(c.hashes, r.RequestHash)
+		c.outcomes = append(c.outcomes, r.Policy.Outcome)
+		c.policyReasons = append(c.policyReasons, textArrayLiteral(r.Policy.Reasons))
+		c.revisions = append(c.revisions, r.Policy.Revision)
+		c.approvals = append(c.approvals, int32(r.Policy.Approvals))
+		c.approverRoles = append(c.approverRoles, textArrayLiteral(r.Policy.ApproverRoles))
+		c.approvalExpires = append(c.approvalExpires, r.ApprovalExpiresAt)
+		c.preflights = append(c.preflights, r.Preflight)
+		c.catalogIndexes = append(c.catalogIndexes, int64(r.CatalogIndex))
+		c.catalogSources = append(c.catalogSources, r.CatalogSource)
 		for _, n := range nodes[i] {
 			nodeRuns, nodeNames = append(nodeRuns, r.ID), append(nodeNames, n)
 		}
 	}
-	b.Queue(insertRunsQuery(len(runs)), args...)
+	b.Queue(queryInsertRuns, c.ids, c.tenants, c.submitters, c.states, c.argvs, c.scripts, c.shells,
+		c.nodeFilters, c.serviceFilters, c.tagFilters, c.prefixes, c.waits, c.waitRepls, c.timeouts, c.reasons,
+		c.outputCaps, c.targets, c.created, c.startBy, c.startTimeouts, c.hashes, c.outcomes,
+		c.policyReasons, c.revisions, c.approvals, c.approverRoles, c.approvalExpires, c.preflights,
+		c.catalogIndexes, c.catalogSources)
 	b.Queue(queryInsertRunNodes, nodeRuns, nodeNames)
 }
 
