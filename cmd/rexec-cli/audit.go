@@ -15,7 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/rexec/rexec/internal/api"
+	"github.com/rexec/rexec/internal/apitype"
 	"github.com/rexec/rexec/internal/audit"
 	"github.com/rexec/rexec/internal/client"
 )
@@ -156,7 +156,7 @@ func (f filterFlags) get() (client.Filters, error) {
 
 // eventWriter prints events in one format.
 type eventWriter interface {
-	write(api.AuditEvent) error
+	write(apitype.AuditEvent) error
 	close() error
 }
 
@@ -179,7 +179,7 @@ func newEventWriter(format string, w io.Writer) (eventWriter, error) {
 
 type tableWriter struct{ tw *tabwriter.Writer }
 
-func (t tableWriter) write(e api.AuditEvent) error {
+func (t tableWriter) write(e apitype.AuditEvent) error {
 	_, err := fmt.Fprintf(t.tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format(time.DateTime), e.Type, cell(e.Actor),
 		orDash(e.Run), orDash(cell(e.Node)), summary(e))
 	return err
@@ -188,7 +188,7 @@ func (t tableWriter) write(e api.AuditEvent) error {
 func (t tableWriter) close() error { return t.tw.Flush() }
 
 // eventJSON is an event as one line of JSON, HTML characters unescaped.
-func eventJSON(e api.AuditEvent) ([]byte, error) {
+func eventJSON(e apitype.AuditEvent) ([]byte, error) {
 	var b bytes.Buffer
 	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false)
@@ -203,7 +203,7 @@ type jsonArrayWriter struct {
 	n int
 }
 
-func (j *jsonArrayWriter) write(e api.AuditEvent) error {
+func (j *jsonArrayWriter) write(e apitype.AuditEvent) error {
 	b, err := eventJSON(e)
 	if err != nil {
 		return err
@@ -228,7 +228,7 @@ func (j *jsonArrayWriter) close() error {
 
 type ndjsonWriter struct{ w io.Writer }
 
-func (n ndjsonWriter) write(e api.AuditEvent) error {
+func (n ndjsonWriter) write(e apitype.AuditEvent) error {
 	b, err := eventJSON(e)
 	if err != nil {
 		return err
@@ -244,7 +244,7 @@ var csvHeader = []string{"id", "time", "type", "actor", "run", "node", "request_
 
 type csvWriter struct{ w *csv.Writer }
 
-func (c csvWriter) write(e api.AuditEvent) error {
+func (c csvWriter) write(e apitype.AuditEvent) error {
 	return c.w.Write([]string{strconv.FormatInt(e.ID, 10), e.Time.UTC().Format(time.RFC3339Nano), e.Type, e.Actor, e.Run, e.Node,
 		e.RequestID, e.ClientAddr, e.OSUser, string(e.Data)})
 }
@@ -276,7 +276,7 @@ const summaryMax = 100
 
 // summary is an event's data in one line: key=value for each member that
 // says something, sorted by key; the node column already names the node.
-func summary(e api.AuditEvent) string {
+func summary(e apitype.AuditEvent) string {
 	var data map[string]json.RawMessage
 	if json.Unmarshal(e.Data, &data) != nil {
 		return cell(string(e.Data))

@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rexec/rexec/internal/api"
+	"github.com/rexec/rexec/internal/apitype"
 )
 
-var testEvents = []api.AuditEvent{
+var testEvents = []apitype.AuditEvent{
 	{ID: 9, Time: time.Date(2026, 3, 1, 10, 0, 0, 123456000, time.UTC), Type: "run.submitted", Actor: "alice", Run: "11111111-1111-4111-8111-111111111111",
 		RequestID: "req-1", ClientAddr: "192.0.2.1:5000",
 		Data: json.RawMessage(`{"argv":["sh","-c","echo \"a,b\"\nx"],"node":"","reason":"<why>","targets":["web-1","web-2"]}`), Body: `{"actor":"alice"}`},
@@ -22,7 +22,7 @@ var testEvents = []api.AuditEvent{
 	{ID: 3, Time: time.Date(2026, 3, 1, 8, 0, 0, 0, time.UTC), Type: "token.created", Actor: "admin", OSUser: "root", Data: json.RawMessage(`{}`), Body: `{}`},
 }
 
-func writeEvents(t *testing.T, format string, events []api.AuditEvent) string {
+func writeEvents(t *testing.T, format string, events []apitype.AuditEvent) string {
 	t.Helper()
 	var b bytes.Buffer
 	w, err := newEventWriter(format, &b)
@@ -58,7 +58,7 @@ func TestAuditFormats(t *testing.T) {
 	})
 	t.Run("json", func(t *testing.T) {
 		for n := range len(testEvents) + 1 {
-			var got []api.AuditEvent
+			var got []apitype.AuditEvent
 			out := writeEvents(t, "json", testEvents[:n])
 			if err := json.Unmarshal([]byte(out), &got); err != nil || len(got) != n {
 				t.Fatalf("%d events: %v, %d decoded from %q", n, err, len(got), out)
@@ -77,7 +77,7 @@ func TestAuditFormats(t *testing.T) {
 		sc := bufio.NewScanner(strings.NewReader(writeEvents(t, "ndjson", testEvents)))
 		var ids []int64
 		for sc.Scan() {
-			var e api.AuditEvent
+			var e apitype.AuditEvent
 			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
 				t.Fatal(err)
 			}
@@ -109,7 +109,7 @@ func TestAuditFormats(t *testing.T) {
 
 func TestSummaryBounded(t *testing.T) {
 	t.Parallel()
-	s := summary(api.AuditEvent{Data: json.RawMessage(`{"reason":"` + strings.Repeat("é", 300) + `"}`)})
+	s := summary(apitype.AuditEvent{Data: json.RawMessage(`{"reason":"` + strings.Repeat("é", 300) + `"}`)})
 	if n := len([]rune(s)); n != summaryMax || !strings.HasSuffix(s, "…") {
 		t.Errorf("summary of %d runes: %q", n, s)
 	}

@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/mod/sumdb/note"
 
-	"github.com/rexec/rexec/internal/api"
+	"github.com/rexec/rexec/internal/apitype"
 	"github.com/rexec/rexec/internal/auditproof"
 	"github.com/rexec/rexec/internal/client"
 )
@@ -263,7 +263,7 @@ func followAudit(ctx context.Context, c *client.Client, from int64, types []stri
 }
 
 // eventOfBody is the API's view of an event, read from its body.
-func eventOfBody(id int64, body []byte) (api.AuditEvent, error) {
+func eventOfBody(id int64, body []byte) (apitype.AuditEvent, error) {
 	var b struct {
 		Type, Actor, Run, Node string
 		Time                   time.Time
@@ -273,11 +273,11 @@ func eventOfBody(id int64, body []byte) (api.AuditEvent, error) {
 		Data                   json.RawMessage
 	}
 	if err := json.Unmarshal(body, &b); err != nil {
-		return api.AuditEvent{}, fmt.Errorf("event body: %w", err)
+		return apitype.AuditEvent{}, fmt.Errorf("event body: %w", err)
 	}
 	if b.Data == nil {
 		b.Data = json.RawMessage("{}")
 	}
-	return api.AuditEvent{ID: id, Time: b.Time, Type: b.Type, Actor: b.Actor, Run: b.Run, Node: b.Node, RequestID: b.RequestID,
+	return apitype.AuditEvent{ID: id, Time: b.Time, Type: b.Type, Actor: b.Actor, Run: b.Run, Node: b.Node, RequestID: b.RequestID,
 		ClientAddr: b.ClientAddr, OSUser: b.OSUser, Data: b.Data, Body: string(body)}, nil
 }

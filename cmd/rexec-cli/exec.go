@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/term"
 
-	"github.com/rexec/rexec/internal/api"
+	"github.com/rexec/rexec/internal/apitype"
 	"github.com/rexec/rexec/internal/client"
 )
 
@@ -42,7 +42,7 @@ func cmdExec(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	if err := fs.Parse(args); err != nil {
 		return exitError(1)
 	}
-	req := api.SubmitRequest{
+	req := apitype.SubmitRequest{
 		Shell: shell, Node: *node, Service: *service, Tag: *tag, Prefix: *prefix,
 		Wait: wait.String(), WaitRepl: waitRepl.String(), Reason: *reason, DryRun: *dryRun,
 	}
@@ -102,7 +102,7 @@ func cmdExec(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 }
 
 // printPending says what a run waits for and how to approve it.
-func printPending(w io.Writer, run api.Run) {
+func printPending(w io.Writer, run apitype.Run) {
 	p := run.Policy
 	if p == nil {
 		return
@@ -119,7 +119,7 @@ func printPending(w io.Writer, run api.Run) {
 }
 
 // policyLine says in one line what the policy decided.
-func policyLine(p *api.Policy) string {
+func policyLine(p *apitype.Policy) string {
 	if p == nil {
 		return ""
 	}
@@ -136,7 +136,7 @@ func policyLine(p *api.Policy) string {
 	return s
 }
 
-func printDryRun(w io.Writer, run api.Run, asJSON bool) error {
+func printDryRun(w io.Writer, run apitype.Run, asJSON bool) error {
 	if asJSON {
 		return writeJSON(w, run)
 	}
@@ -252,7 +252,7 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 }
 
 // summarize prints the closing lines and returns the exit code.
-func summarize(o followOpts, run api.Run, nodes []api.Node) error {
+func summarize(o followOpts, run apitype.Run, nodes []apitype.Node) error {
 	if o.asJSON {
 		run.Nodes = nodes
 		if err := writeJSON(o.stdout, run); err != nil {

@@ -10,7 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/rexec/rexec/internal/api"
+	"github.com/rexec/rexec/internal/apitype"
 	"github.com/rexec/rexec/internal/client"
 )
 
@@ -151,7 +151,7 @@ func nodeLogs(ctx context.Context, c *client.Client, id, node string, w io.Write
 	if err != nil {
 		return err
 	}
-	if !slices.ContainsFunc(run.Nodes, func(n api.Node) bool { return n.Node == node }) {
+	if !slices.ContainsFunc(run.Nodes, func(n apitype.Node) bool { return n.Node == node }) {
 		return fmt.Errorf("run %s has no node %q", id, node)
 	}
 	after := -1

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/rexec/rexec/internal/apitype"
 	"github.com/rexec/rexec/internal/consul"
 	"github.com/rexec/rexec/internal/metrics"
 	"github.com/rexec/rexec/internal/service"
@@ -181,7 +182,7 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	for _, k := range kinds {
 		if errors.Is(err, k.kind) {
-			body := ErrorBody{Error: err.Error(), Code: k.code, RequestID: w.Header().Get(RequestIDHeader)}
+			body := apitype.ErrorBody{Error: err.Error(), Code: k.code, RequestID: w.Header().Get(RequestIDHeader)}
 			var se *service.Error
 			if errors.As(err, &se) {
 				body.Reasons = se.Reasons
@@ -216,18 +217,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, ErrorBody{Error: msg, Code: code, RequestID: w.Header().Get(RequestIDHeader)})
-}
-
-// ErrorBody is every error response.
-type ErrorBody struct {
-	Error string `json:"error"`
-	Code  string `json:"code"`
-	// Reasons are the policy's reasons when it refused.
-	Reasons []string `json:"reasons,omitempty"`
-	// RequestID is the request's ID (as in the X-Request-Id header), to
-	// quote when asking about the failure.
-	RequestID string `json:"request_id,omitempty"`
+	writeJSON(w, status, apitype.ErrorBody{Error: msg, Code: code, RequestID: w.Header().Get(RequestIDHeader)})
 }
 
 // decodeJSON decodes exactly one JSON value with no unknown fields.
@@ -261,24 +251,6 @@ func invalid(format string, args ...any) error {
 	return &service.Error{Kind: service.ErrInvalid, Msg: fmt.Sprintf(format, args...)}
 }
 
-// SubmitRequest is the body of POST /v1/runs.
-type SubmitRequest struct {
-	Argv     []string `json:"argv,omitempty"`
-	Script   []byte   `json:"script,omitempty"` // base64
-	Shell    *bool    `json:"shell,omitempty"`  // default true
-	Node     string   `json:"node,omitempty"`
-	Service  string   `json:"service,omitempty"`
-	Tag      string   `json:"tag,omitempty"`
-	Prefix   string   `json:"prefix,omitempty"`
-	Wait     string   `json:"wait,omitempty"`
-	WaitRepl string   `json:"wait_repl,omitempty"`
-	Timeout  string   `json:"timeout,omitempty"`
-	// StartTimeout bounds the wait to start; default the tenant's bound.
-	StartTimeout string `json:"start_timeout,omitempty"`
-	Reason       string `json:"reason,omitempty"`
-	DryRun       bool   `json:"dry_run,omitempty"`
-}
-
 func parseDuration(name, s string) (time.Duration, error) {
 	if s == "" {
 		return 0, nil
@@ -298,7 +270,7 @@ func parseDuration(name, s string) (time.Duration, error) {
 // rest. A body too large for the request's MaxBytesReader fails with its
 // *http.MaxBytesError.
 func decodeSubmission(body io.Reader) (service.Submission, error) {
-	var req SubmitRequest
+	var req apitype.SubmitRequest
 	if err := decodeJSON(body, &req); err != nil {
 		return service.Submission{}, err
 	}
@@ -342,8 +314,8 @@ func (s *server) submit(w http.ResponseWriter, r *http.Request, c service.Caller
 	if !res.DryRun {
 		s.cfg.Metrics.SubmitAccepted(time.Since(start))
 	}
-	out := runJSON(res.Run)
-	out.Targets = res.Targets
+	out := runView(res.Run)
+	out.Targets, out.TargetCount = targetsJSON(res.Targets), len(res.Targets)
 	out.CatalogReason = res.Catalog.Reason
 	if res.DryRun {
 		out.State = "dry_run"
@@ -384,7 +356,7 @@ func (s *server) list(w http.ResponseWriter, r *http.Request, c service.Caller) 
 	if err != nil {
 		return err
 	}
-	page := RunList{Runs: make([]Run, len(runs))}
+	page := apitype.RunList{Runs: make([]apitype.Run, len(runs))}
 	for i, run := range runs {
 		page.Runs[i] = runJSON(run)
 		page.Runs[i].Nodes = nodesJSON(nodes[run.ID])
@@ -450,9 +422,9 @@ func (s *server) output(w http.ResponseWriter, r *http.Request, c service.Caller
 	if err != nil {
 		return err
 	}
-	out := OutputPage{Node: node, Chunks: make([]Chunk, len(chunks))}
+	out := apitype.OutputPage{Node: node, Chunks: make([]apitype.Chunk, len(chunks))}
 	for i, ch := range chunks {
-		out.Chunks[i] = Chunk{Seq: ch.Seq, Data: ch.Data}
+		out.Chunks[i] = apitype.Chunk{Seq: ch.Seq, Data: ch.Data}
 	}
 	writeJSON(w, 200, out)
 	return nil
@@ -482,9 +454,9 @@ func (s *server) stream(w http.ResponseWriter, r *http.Request, c service.Caller
 	if err != nil {
 		return err
 	}
-	out := StreamPage{Run: runJSON(page.Run), Cursor: page.Cursor, Done: page.Done, Items: make([]StreamItem, len(page.Items))}
+	out := apitype.StreamPage{Run: runJSON(page.Run), Cursor: page.Cursor, Done: page.Done, Items: make([]apitype.StreamItem, len(page.Items))}
 	for i, it := range page.Items {
-		out.Items[i] = StreamItem{Kind: it.Kind, Node: it.Node, Seq: it.Seq, Data: it.Data}
+		out.Items[i] = apitype.StreamItem{Kind: it.Kind, Node: it.Node, Seq: it.Seq, Data: it.Data}
 		if it.Kind == "exit" {
 			code := it.ExitCode
 			out.Items[i].ExitCode = &code
@@ -497,17 +469,9 @@ func (s *server) stream(w http.ResponseWriter, r *http.Request, c service.Caller
 	return nil
 }
 
-// VerdictRequest is the body of POST /v1/runs/{id}/approve and /deny.
-type VerdictRequest struct {
-	Comment string `json:"comment,omitempty"`
-	// RequestHash is the request hash the approver saw (GET the run); the
-	// verdict is refused when the run's differs.
-	RequestHash string `json:"request_hash,omitempty"`
-}
-
 func (s *server) verdict(approve bool) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request, c service.Caller) error {
-		var req VerdictRequest
+		var req apitype.VerdictRequest
 		if r.ContentLength != 0 {
 			if err := decodeJSON(r.Body, &req); err != nil {
 				return err
@@ -531,7 +495,7 @@ func (s *server) verdict(approve bool) handlerFunc {
 }
 
 // approvals returns a run's verdicts as the API shows them.
-func (s *server) approvals(r *http.Request, c service.Caller, id string) ([]Approval, error) {
+func (s *server) approvals(r *http.Request, c service.Caller, id string) ([]apitype.Approval, error) {
 	as, err := s.cfg.Service.Approvals(r.Context(), c, id)
 	if err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/rexec/rexec/internal/apitype"
 	"github.com/rexec/rexec/internal/consul"
 	"github.com/rexec/rexec/internal/service"
 )
@@ -84,7 +85,7 @@ func FuzzDecodeSubmission(f *testing.F) {
 
 func encodeSubmission(t *testing.T, sub service.Submission) []byte {
 	t.Helper()
-	req := SubmitRequest{Argv: sub.Argv, Script: sub.Script, Shell: &sub.Shell, Node: sub.NodeFilter, Service: sub.ServiceFilter,
+	req := apitype.SubmitRequest{Argv: sub.Argv, Script: sub.Script, Shell: &sub.Shell, Node: sub.NodeFilter, Service: sub.ServiceFilter,
 		Tag: sub.TagFilter, Prefix: sub.Prefix, Reason: sub.Reason, DryRun: sub.DryRun}
 	if sub.Wait != 0 {
 		req.Wait = sub.Wait.String()

@@ -1,41 +1,15 @@
 package api
 
 import (
-	"encoding/json"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
+	"github.com/rexec/rexec/internal/apitype"
 	"github.com/rexec/rexec/internal/audit"
 	"github.com/rexec/rexec/internal/service"
 )
-
-// AuditEvent is an audit event as the API shows it.
-type AuditEvent struct {
-	ID         int64           `json:"id"`
-	Time       time.Time       `json:"time"`
-	Type       string          `json:"type"`
-	Actor      string          `json:"actor"`
-	Run        string          `json:"run,omitempty"`
-	Node       string          `json:"node,omitempty"`
-	RequestID  string          `json:"request_id,omitempty"`
-	ClientAddr string          `json:"client_addr,omitempty"`
-	OSUser     string          `json:"os_user,omitempty"`
-	Data       json.RawMessage `json:"data"`
-	// Body is the event's canonical encoding as stored: the leaf of the
-	// tenant's transparency log (docs/audit.md).
-	Body string `json:"body"`
-	// Leaf is the event's index in the log, in a -follow stream.
-	Leaf *int64 `json:"leaf,omitempty"`
-}
-
-// AuditPage is a page of audit events, newest first; Next is the cursor of
-// the next page, absent after the last.
-type AuditPage struct {
-	Events []AuditEvent `json:"events"`
-	Next   string       `json:"next,omitempty"`
-}
 
 // auditParams are the query parameters of GET /v1/audit.
 var auditParams = []string{"since", "until", "principal", "node", "service", "command", "state", "exit_code", "approver", "type", "run", "limit", "cursor"}
@@ -49,9 +23,9 @@ func (s *server) audit(w http.ResponseWriter, r *http.Request, c service.Caller)
 	if err != nil {
 		return err
 	}
-	out := AuditPage{Events: make([]AuditEvent, len(p.Events)), Next: p.Next}
+	out := apitype.AuditPage{Events: make([]apitype.AuditEvent, len(p.Events)), Next: p.Next}
 	for i, e := range p.Events {
-		out.Events[i] = AuditEvent{ID: e.ID, Time: e.Time, Type: e.Type, Actor: e.Actor, Run: e.RunID, Node: e.Node,
+		out.Events[i] = apitype.AuditEvent{ID: e.ID, Time: e.Time, Type: e.Type, Actor: e.Actor, Run: e.RunID, Node: e.Node,
 			RequestID: e.RequestID, ClientAddr: e.ClientAddr, OSUser: e.OSUser, Data: e.Data, Body: e.Body}
 	}
 	writeJSON(w, http.StatusOK, out)

@@ -2,50 +2,14 @@ package api
 
 import (
 	"net/http"
-	"time"
 
-	"golang.org/x/mod/sumdb/tlog"
-
+	"github.com/rexec/rexec/internal/apitype"
 	"github.com/rexec/rexec/internal/auditproof"
 	"github.com/rexec/rexec/internal/service"
 )
 
 // The tenant's transparency log, for `rexec-cli audit checkpoint|verify|
 // prove` (docs/audit.md).
-
-// Checkpoint is a signed checkpoint.
-type Checkpoint struct {
-	Size int64     `json:"size"`
-	Time time.Time `json:"time"`
-	// Note is the signed note: the checkpoint text and its signature.
-	Note string `json:"note"`
-}
-
-// CheckpointList is a page of checkpoints, smallest first.
-type CheckpointList struct {
-	Checkpoints []Checkpoint `json:"checkpoints"`
-}
-
-// Leaf is a log entry: an event's body at its index, and the leaf hash
-// stored when it was logged. Body is null when the event is gone.
-type Leaf struct {
-	Index   int64     `json:"index"`
-	EventID int64     `json:"event_id"`
-	Body    *string   `json:"body"`
-	Hash    tlog.Hash `json:"hash"`
-}
-
-// LeafList is a page of leaves.
-type LeafList struct {
-	Leaves []Leaf `json:"leaves"`
-}
-
-// ConsistencyProof proves that the log at Size extends the log at Old.
-type ConsistencyProof struct {
-	Old   int64          `json:"old"`
-	Size  int64          `json:"size"`
-	Proof tlog.TreeProof `json:"proof"`
-}
 
 func (s *server) auditCheckpoint(w http.ResponseWriter, r *http.Request, c service.Caller) error {
 	p, err := logParams(r, "size")
@@ -60,7 +24,7 @@ func (s *server) auditCheckpoint(w http.ResponseWriter, r *http.Request, c servi
 	if err != nil {
 		return err
 	}
-	writeJSON(w, 200, Checkpoint{Size: cp.Size, Time: cp.Time, Note: cp.Note})
+	writeJSON(w, 200, apitype.Checkpoint{Size: cp.Size, Time: cp.Time, Note: cp.Note})
 	return nil
 }
 
@@ -81,9 +45,9 @@ func (s *server) auditCheckpoints(w http.ResponseWriter, r *http.Request, c serv
 	if err != nil {
 		return err
 	}
-	out := CheckpointList{Checkpoints: make([]Checkpoint, len(cps))}
+	out := apitype.CheckpointList{Checkpoints: make([]apitype.Checkpoint, len(cps))}
 	for i, cp := range cps {
-		out.Checkpoints[i] = Checkpoint{Size: cp.Size, Time: cp.Time, Note: cp.Note}
+		out.Checkpoints[i] = apitype.Checkpoint{Size: cp.Size, Time: cp.Time, Note: cp.Note}
 	}
 	writeJSON(w, 200, out)
 	return nil
@@ -110,9 +74,9 @@ func (s *server) auditLeaves(w http.ResponseWriter, r *http.Request, c service.C
 	if err != nil {
 		return err
 	}
-	out := LeafList{Leaves: make([]Leaf, len(leaves))}
+	out := apitype.LeafList{Leaves: make([]apitype.Leaf, len(leaves))}
 	for i, l := range leaves {
-		out.Leaves[i] = Leaf{Index: l.Index, EventID: l.EventID, Hash: l.Hash}
+		out.Leaves[i] = apitype.Leaf{Index: l.Index, EventID: l.EventID, Hash: l.Hash}
 		if l.Body != nil {
 			b := string(l.Body)
 			out.Leaves[i].Body = &b
@@ -139,7 +103,7 @@ func (s *server) auditConsistency(w http.ResponseWriter, r *http.Request, c serv
 	if err != nil {
 		return err
 	}
-	writeJSON(w, 200, ConsistencyProof{Old: old, Size: size, Proof: proof})
+	writeJSON(w, 200, apitype.ConsistencyProof{Old: old, Size: size, Proof: proof})
 	return nil
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/rexec/rexec/internal/apitype"
 	"github.com/rexec/rexec/internal/service"
 	"github.com/rexec/rexec/internal/store"
 )
@@ -129,7 +130,7 @@ func TestRefusalFormat(t *testing.T) {
 	if err := h(rec, httptest.NewRequest(http.MethodGet, "/v1/runs/x/stream", nil), caller(1)); err != nil {
 		t.Fatal(err)
 	}
-	var eb ErrorBody
+	var eb apitype.ErrorBody
 	if rec.Code != 429 || rec.Header().Get("Retry-After") != "1" || rec.Header().Get("Content-Type") != "application/json" ||
 		json.Unmarshal(rec.Body.Bytes(), &eb) != nil || eb.Code != "too_many_requests" || !strings.Contains(eb.Error, "principal p1") {
 		t.Errorf("got %d %v %q", rec.Code, rec.Header(), rec.Body)

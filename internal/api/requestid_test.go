@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"github.com/rexec/rexec/internal/apitype"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -75,7 +76,7 @@ func TestRequestIDHeader(t *testing.T) {
 				t.Errorf("X-Request-Id %q (given %q)", got, tc.given)
 			}
 			if tc.status >= 400 {
-				var eb ErrorBody
+				var eb apitype.ErrorBody
 				if err := json.Unmarshal(w.Body.Bytes(), &eb); err != nil || eb.RequestID != got {
 					t.Errorf("error body %s: request_id %q, want %q (%v)", w.Body, eb.RequestID, got, err)
 				}

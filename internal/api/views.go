@@ -2,131 +2,28 @@ package api
 
 import (
 	"encoding/json"
-	"time"
 
+	"github.com/rexec/rexec/internal/apitype"
 	"github.com/rexec/rexec/internal/consul"
 	"github.com/rexec/rexec/internal/store"
 )
 
-// The API's views of runs: what clients decode (the CLI among them).
+// The service's runs as the API shows them (package apitype).
 
-// Run is a run as the API shows it.
-type Run struct {
-	ID          string     `json:"id"`
-	State       string     `json:"state"`
-	SubmittedBy string     `json:"submitted_by"`
-	CreatedAt   time.Time  `json:"created_at"`
-	StartedAt   *time.Time `json:"started_at,omitempty"`
-	StartBy     time.Time  `json:"start_by"`
-	FiringAt    *time.Time `json:"firing_at,omitempty"`
-	FiredAt     *time.Time `json:"fired_at,omitempty"`
-	// CancelRequested is true once a cancel is recorded; with no FiringAt
-	// the command never runs.
-	CancelRequested bool `json:"cancel_requested,omitempty"`
-	Recoveries      int  `json:"recoveries,omitempty"`
-	// Policy is the policy's decision at submission.
-	Policy *Policy `json:"policy,omitempty"`
-	// RequestHash is the sha256 of the canonical request; approvals bind
-	// to it.
-	RequestHash       string        `json:"request_hash,omitempty"`
-	ApprovalExpiresAt *time.Time    `json:"approval_expires_at,omitempty"`
-	Approvals         []Approval    `json:"approvals,omitempty"`
-	FinishedAt        *time.Time    `json:"finished_at,omitempty"`
-	Argv              []string      `json:"argv,omitempty"`
-	ScriptBytes       int           `json:"script_bytes,omitempty"`
-	Shell             bool          `json:"shell"`
-	Node              string        `json:"node,omitempty"`
-	Service           string        `json:"service,omitempty"`
-	Tag               string        `json:"tag,omitempty"`
-	Prefix            string        `json:"prefix"`
-	Wait              string        `json:"wait"`
-	WaitRepl          string        `json:"wait_repl"`
-	Timeout           string        `json:"timeout,omitempty"`
-	Reason            string        `json:"reason,omitempty"`
-	Outcome           string        `json:"outcome,omitempty"`
-	Error             string        `json:"error,omitempty"`
-	TargetCount       int           `json:"target_count"`
-	Targets           []consul.Node `json:"targets,omitempty"`
-	Nodes             []Node        `json:"nodes,omitempty"`
-
-	// CatalogIndex is the Raft index of the Consul catalog the targets
-	// were resolved at; CatalogSource is "view" (the tenant's catalog
-	// view) or "direct" (read for this run, the view being unusable), and
-	// CatalogReason why, in the answer to a submission.
-	CatalogIndex  uint64 `json:"catalog_index,omitempty"`
-	CatalogSource string `json:"catalog_source,omitempty"`
-	CatalogReason string `json:"catalog_reason,omitempty"`
+// runJSON is r as the API shows it, with the number of its targets.
+func runJSON(r store.Run) apitype.Run {
+	out := runView(r)
+	var targets []json.RawMessage
+	if json.Unmarshal(r.Targets, &targets) == nil {
+		out.TargetCount = len(targets)
+	}
+	return out
 }
 
-// Policy is a policy decision as the API shows it.
-type Policy struct {
-	Outcome       string   `json:"outcome"`
-	Reasons       []string `json:"reasons,omitempty"`
-	Revision      string   `json:"revision,omitempty"`
-	Approvals     int      `json:"approvals,omitempty"`
-	ApproverRoles []string `json:"approver_roles,omitempty"`
-}
-
-// Approval is one principal's verdict on a run.
-type Approval struct {
-	Principal   string    `json:"principal"`
-	Verdict     string    `json:"verdict"`
-	Comment     string    `json:"comment,omitempty"`
-	RequestHash string    `json:"request_hash"`
-	At          time.Time `json:"at"`
-}
-
-// Node is one expected node's result.
-type Node struct {
-	Node      string     `json:"node"`
-	State     string     `json:"state"`
-	ExitCode  *int       `json:"exit_code"`
-	AckedAt   *time.Time `json:"acked_at,omitempty"`
-	ExitedAt  *time.Time `json:"exited_at,omitempty"`
-	Bytes     int64      `json:"bytes"`
-	Stored    int64      `json:"stored_bytes"`
-	SHA256    string     `json:"sha256,omitempty"`
-	Truncated bool       `json:"truncated"`
-}
-
-// RunList is a page of runs; Next is the cursor of the next page.
-type RunList struct {
-	Runs []Run  `json:"runs"`
-	Next string `json:"next,omitempty"`
-}
-
-// Chunk is a piece of output; Data is base64 in JSON.
-type Chunk struct {
-	Seq  int    `json:"seq"`
-	Data []byte `json:"data"`
-}
-
-// OutputPage is a page of one node's output.
-type OutputPage struct {
-	Node   string  `json:"node"`
-	Chunks []Chunk `json:"chunks"`
-}
-
-// StreamItem is an output chunk or an exit.
-type StreamItem struct {
-	Kind     string `json:"kind"`
-	Node     string `json:"node"`
-	Seq      int    `json:"seq,omitempty"`
-	Data     []byte `json:"data,omitempty"`
-	ExitCode *int   `json:"exit_code,omitempty"`
-}
-
-// StreamPage is a page of a run's stream. Nodes is set on the last page.
-type StreamPage struct {
-	Run    Run          `json:"run"`
-	Items  []StreamItem `json:"items"`
-	Cursor int64        `json:"cursor"`
-	Done   bool         `json:"done"`
-	Nodes  []Node       `json:"nodes,omitempty"`
-}
-
-func runJSON(r store.Run) Run {
-	out := Run{
+// runView is runJSON without TargetCount, for a caller that knows the
+// targets without parsing them again.
+func runView(r store.Run) apitype.Run {
+	out := apitype.Run{
 		ID: r.ID, State: r.State, SubmittedBy: r.SubmitterName, CreatedAt: r.CreatedAt,
 		StartedAt: r.StartedAt, FiredAt: r.FiredAt, FinishedAt: r.FinishedAt,
 		Argv: r.Argv, ScriptBytes: len(r.Script), Shell: r.Shell,
@@ -138,32 +35,44 @@ func runJSON(r store.Run) Run {
 		CatalogIndex: r.CatalogIndex, CatalogSource: r.CatalogSource,
 	}
 	if r.Policy.Outcome != "" {
-		out.Policy = &Policy{Outcome: r.Policy.Outcome, Reasons: r.Policy.Reasons, Revision: r.Policy.Revision,
+		out.Policy = &apitype.Policy{Outcome: r.Policy.Outcome, Reasons: r.Policy.Reasons, Revision: r.Policy.Revision,
 			Approvals: r.Policy.Approvals, ApproverRoles: r.Policy.ApproverRoles}
 	}
 	if r.Timeout > 0 {
 		out.Timeout = r.Timeout.String()
 	}
-	var targets []json.RawMessage
-	if json.Unmarshal(r.Targets, &targets) == nil {
-		out.TargetCount = len(targets)
+	return out
+}
+
+// targetsJSON is a frozen target set as the API shows it.
+func targetsJSON(nodes []consul.Node) []apitype.Target {
+	out := make([]apitype.Target, len(nodes))
+	for i, n := range nodes {
+		var svcs []apitype.TargetService // null as stored, for a node without any
+		if n.Services != nil {
+			svcs = make([]apitype.TargetService, len(n.Services))
+		}
+		for j, s := range n.Services {
+			svcs[j] = apitype.TargetService{ID: s.ID, Name: s.Name, Tags: s.Tags}
+		}
+		out[i] = apitype.Target{Name: n.Name, Address: n.Address, Services: svcs}
 	}
 	return out
 }
 
-func nodesJSON(nodes []store.NodeResult) []Node {
-	out := make([]Node, len(nodes))
+func nodesJSON(nodes []store.NodeResult) []apitype.Node {
+	out := make([]apitype.Node, len(nodes))
 	for i, n := range nodes {
-		out[i] = Node{Node: n.Node, State: n.State, ExitCode: n.ExitCode, AckedAt: n.AckedAt, ExitedAt: n.ExitedAt,
+		out[i] = apitype.Node{Node: n.Node, State: n.State, ExitCode: n.ExitCode, AckedAt: n.AckedAt, ExitedAt: n.ExitedAt,
 			Bytes: n.Bytes, Stored: n.StoredBytes, SHA256: n.SHA256, Truncated: n.Truncated}
 	}
 	return out
 }
 
-func approvalsJSON(as []store.Approval) []Approval {
-	out := make([]Approval, len(as))
+func approvalsJSON(as []store.Approval) []apitype.Approval {
+	out := make([]apitype.Approval, len(as))
 	for i, a := range as {
-		out[i] = Approval{Principal: a.PrincipalName, Verdict: a.Verdict, Comment: a.Comment, RequestHash: a.RequestHash, At: a.CreatedAt}
+		out[i] = apitype.Approval{Principal: a.PrincipalName, Verdict: a.Verdict, Comment: a.Comment, RequestHash: a.RequestHash, At: a.CreatedAt}
 	}
 	return out
 }

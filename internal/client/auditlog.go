@@ -7,14 +7,14 @@ import (
 
 	"golang.org/x/mod/sumdb/tlog"
 
-	"github.com/rexec/rexec/internal/api"
+	"github.com/rexec/rexec/internal/apitype"
 	"github.com/rexec/rexec/internal/auditproof"
 )
 
 // AuditCheckpoint returns the latest signed checkpoint of the caller's
 // tenant's log, or the one for exactly size events when size > 0.
-func (c *Client) AuditCheckpoint(ctx context.Context, size int64) (api.Checkpoint, error) {
-	var out api.Checkpoint
+func (c *Client) AuditCheckpoint(ctx context.Context, size int64) (apitype.Checkpoint, error) {
+	var out apitype.Checkpoint
 	path := "/v1/audit/checkpoint"
 	if size > 0 {
 		path += fmt.Sprintf("?size=%d", size)
@@ -31,7 +31,7 @@ func (c *Client) AuditBundle(ctx context.Context, runID string) (auditproof.Bund
 // AuditLeaves returns the leaves [from, to); start marks the first read
 // of an export that does not begin at 0 (the server audits it).
 func (c *Client) AuditLeaves(ctx context.Context, from, to int64, start bool) ([]auditproof.Leaf, error) {
-	var out api.LeafList
+	var out apitype.LeafList
 	path := fmt.Sprintf("/v1/audit/leaves?from=%d&to=%d", from, to)
 	if start {
 		path += "&start=true"
@@ -60,7 +60,7 @@ func (s auditSource) Latest(ctx context.Context) ([]byte, error) {
 }
 
 func (s auditSource) Checkpoints(ctx context.Context, after int64, limit int) ([][]byte, error) {
-	var out api.CheckpointList
+	var out apitype.CheckpointList
 	if err := s.c.do(ctx, "GET", fmt.Sprintf("/v1/audit/checkpoints?after=%d&limit=%d", after, limit), nil, &out); err != nil {
 		return nil, err
 	}
@@ -76,7 +76,7 @@ func (s auditSource) Leaves(ctx context.Context, from, to int64) ([]auditproof.L
 }
 
 func (s auditSource) Consistency(ctx context.Context, old, size int64) (tlog.TreeProof, error) {
-	var out api.ConsistencyProof
+	var out apitype.ConsistencyProof
 	err := s.c.do(ctx, "GET", fmt.Sprintf("/v1/audit/consistency?old=%d&size=%d", old, size), nil, &out)
 	return out.Proof, err
 }

@@ -18,7 +18,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/rexec/rexec/internal/api"
+	"github.com/rexec/rexec/internal/apitype"
 )
 
 // Client talks to one rexec-svc.
@@ -141,14 +141,14 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
-		var eb api.ErrorBody
+		var eb apitype.ErrorBody
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		switch {
 		case json.Unmarshal(b, &eb) == nil && eb.Error != "":
 		case resp.StatusCode == http.StatusBadRequest && bytes.HasPrefix(b, []byte(httpsOnly)):
-			eb = api.ErrorBody{Error: fmt.Sprintf("%s speaks HTTPS only: use https:// in the address", c.base), Code: "http"}
+			eb = apitype.ErrorBody{Error: fmt.Sprintf("%s speaks HTTPS only: use https:// in the address", c.base), Code: "http"}
 		default:
-			eb = api.ErrorBody{Error: fmt.Sprintf("rexec-svc answered %s", resp.Status), Code: "http"}
+			eb = apitype.ErrorBody{Error: fmt.Sprintf("rexec-svc answered %s", resp.Status), Code: "http"}
 		}
 		e := &Error{Status: resp.StatusCode, Code: eb.Code, Msg: eb.Error}
 		if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs > 0 {
@@ -169,21 +169,21 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 const httpsOnly = "Client sent an HTTP request to an HTTPS server."
 
 // Submit submits a run (or a dry run).
-func (c *Client) Submit(ctx context.Context, req api.SubmitRequest) (api.Run, error) {
-	var out api.Run
+func (c *Client) Submit(ctx context.Context, req apitype.SubmitRequest) (apitype.Run, error) {
+	var out apitype.Run
 	err := c.do(ctx, http.MethodPost, "/v1/runs", req, &out)
 	return out, err
 }
 
 // Get returns a run with its nodes and targets.
-func (c *Client) Get(ctx context.Context, id string) (api.Run, error) {
-	var out api.Run
+func (c *Client) Get(ctx context.Context, id string) (apitype.Run, error) {
+	var out apitype.Run
 	err := c.do(ctx, http.MethodGet, "/v1/runs/"+url.PathEscape(id), nil, &out)
 	return out, err
 }
 
 // List returns a page of runs.
-func (c *Client) List(ctx context.Context, state string, limit int, before string) (api.RunList, error) {
+func (c *Client) List(ctx context.Context, state string, limit int, before string) (apitype.RunList, error) {
 	return c.ListRuns(ctx, RunQuery{Filters: Filters{State: state, Limit: limit}, Before: before})
 }
 
@@ -236,12 +236,12 @@ type RunQuery struct {
 }
 
 // ListRuns returns a page of the runs q selects, newest first.
-func (c *Client) ListRuns(ctx context.Context, q RunQuery) (api.RunList, error) {
+func (c *Client) ListRuns(ctx context.Context, q RunQuery) (apitype.RunList, error) {
 	v := q.values()
 	if q.Before != "" {
 		v.Set("before", q.Before)
 	}
-	var out api.RunList
+	var out apitype.RunList
 	err := c.do(ctx, http.MethodGet, "/v1/runs?"+v.Encode(), nil, &out)
 	return out, err
 }
@@ -258,7 +258,7 @@ type AuditQuery struct {
 }
 
 // Audit returns a page of the audit events q selects, newest first.
-func (c *Client) Audit(ctx context.Context, q AuditQuery) (api.AuditPage, error) {
+func (c *Client) Audit(ctx context.Context, q AuditQuery) (apitype.AuditPage, error) {
 	v := q.values()
 	if len(q.Types) > 0 {
 		v.Set("type", strings.Join(q.Types, ","))
@@ -269,43 +269,43 @@ func (c *Client) Audit(ctx context.Context, q AuditQuery) (api.AuditPage, error)
 	if q.Cursor != "" {
 		v.Set("cursor", q.Cursor)
 	}
-	var out api.AuditPage
+	var out apitype.AuditPage
 	err := c.do(ctx, http.MethodGet, "/v1/audit?"+v.Encode(), nil, &out)
 	return out, err
 }
 
 // Output returns a page of one node's output after sequence after (-1 for
 // the start).
-func (c *Client) Output(ctx context.Context, id, node string, after int) (api.OutputPage, error) {
+func (c *Client) Output(ctx context.Context, id, node string, after int) (apitype.OutputPage, error) {
 	q := url.Values{"node": {node}, "after": {strconv.Itoa(after)}}
-	var out api.OutputPage
+	var out apitype.OutputPage
 	err := c.do(ctx, http.MethodGet, "/v1/runs/"+url.PathEscape(id)+"/output?"+q.Encode(), nil, &out)
 	return out, err
 }
 
 // Stream returns the run's stream after cursor, waiting up to wait for news.
-func (c *Client) Stream(ctx context.Context, id string, cursor int64, wait time.Duration) (api.StreamPage, error) {
+func (c *Client) Stream(ctx context.Context, id string, cursor int64, wait time.Duration) (apitype.StreamPage, error) {
 	q := url.Values{"cursor": {strconv.FormatInt(cursor, 10)}, "wait": {wait.String()}}
-	var out api.StreamPage
+	var out apitype.StreamPage
 	err := c.do(ctx, http.MethodGet, "/v1/runs/"+url.PathEscape(id)+"/stream?"+q.Encode(), nil, &out)
 	return out, err
 }
 
 // Decide approves (approve true) or denies a run pending approval; hash
 // is the request hash the caller saw (empty: not checked).
-func (c *Client) Decide(ctx context.Context, id string, approve bool, comment, hash string) (api.Run, error) {
+func (c *Client) Decide(ctx context.Context, id string, approve bool, comment, hash string) (apitype.Run, error) {
 	verb := "deny"
 	if approve {
 		verb = "approve"
 	}
-	var out api.Run
-	err := c.do(ctx, http.MethodPost, "/v1/runs/"+url.PathEscape(id)+"/"+verb, api.VerdictRequest{Comment: comment, RequestHash: hash}, &out)
+	var out apitype.Run
+	err := c.do(ctx, http.MethodPost, "/v1/runs/"+url.PathEscape(id)+"/"+verb, apitype.VerdictRequest{Comment: comment, RequestHash: hash}, &out)
 	return out, err
 }
 
 // Cancel cancels a run.
-func (c *Client) Cancel(ctx context.Context, id string) (api.Run, error) {
-	var out api.Run
+func (c *Client) Cancel(ctx context.Context, id string) (apitype.Run, error) {
+	var out apitype.Run
 	err := c.do(ctx, http.MethodPost, "/v1/runs/"+url.PathEscape(id)+"/cancel", nil, &out)
 	return out, err
 }

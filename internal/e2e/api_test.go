@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rexec/rexec/internal/api"
+	"github.com/rexec/rexec/internal/apitype"
 	"github.com/rexec/rexec/internal/client"
 )
 
@@ -77,7 +77,7 @@ func rawStatus(t *testing.T, url, token, method string, body []byte, want int) e
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	var eb api.ErrorBody
+	var eb apitype.ErrorBody
 	if resp.StatusCode != want {
 		return &client.Error{Status: resp.StatusCode, Msg: string(b)}
 	}
@@ -169,7 +169,7 @@ func TestBadInput(t *testing.T) {
 		{note: "malformed JSON", method: "POST", path: "/v1/runs", body: []byte(`{"argv": [`), status: 400, code: "invalid"},
 		{note: "unknown field", method: "POST", path: "/v1/runs", body: []byte(`{"argv": ["true"], "nodes": "x"}`), status: 400, code: "invalid"},
 		{note: "oversized body", method: "POST", path: "/v1/runs", body: append(append([]byte(`{"reason": "`), bytes.Repeat([]byte("x"), 3<<20)...), '"', '}'), status: 413, code: "too_large"},
-		{note: "script over the KV limit", method: "POST", path: "/v1/runs", body: mustJSON(api.SubmitRequest{Script: bytes.Repeat([]byte("x"), 450_000)}), status: 413, code: "too_large"},
+		{note: "script over the KV limit", method: "POST", path: "/v1/runs", body: mustJSON(apitype.SubmitRequest{Script: bytes.Repeat([]byte("x"), 450_000)}), status: 413, code: "too_large"},
 		{note: "no match", method: "POST", path: "/v1/runs", body: []byte(`{"argv": ["true"], "node": "^none$"}`), status: 422, code: "unprocessable"},
 		{note: "malformed header", method: "GET", path: "/v1/runs", token: "Basic abc", status: 401, code: "unauthenticated"},
 		{note: "unknown endpoint", method: "GET", path: "/v1/nothing", status: 404, code: "not_found"},

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rexec/rexec/internal/api"
+	"github.com/rexec/rexec/internal/apitype"
 	"github.com/rexec/rexec/internal/client"
 )
 
@@ -53,19 +53,19 @@ func TestAuditQueries(t *testing.T) {
 	}
 	// audit runs rexec-cli audit with args as token, and decodes its JSON
 	// (array or NDJSON).
-	audit := func(token string, args ...string) []api.AuditEvent {
+	audit := func(token string, args ...string) []apitype.AuditEvent {
 		t.Helper()
 		before := queried()
 		res := e.cliAs(token, nil, append([]string{"audit"}, args...)...)
 		if res.code != 0 {
 			t.Fatalf("audit %v: exit %d\n%s", args, res.code, res.stderr)
 		}
-		var events []api.AuditEvent
+		var events []apitype.AuditEvent
 		if slices.Contains(args, "ndjson") {
 			sc := bufio.NewScanner(strings.NewReader(res.stdout))
 			sc.Buffer(nil, 1<<20)
 			for sc.Scan() {
-				var ev api.AuditEvent
+				var ev apitype.AuditEvent
 				if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 					t.Fatalf("audit %v: line %q: %v", args, sc.Text(), err)
 				}
@@ -80,7 +80,7 @@ func TestAuditQueries(t *testing.T) {
 		}
 		return events
 	}
-	types := func(events []api.AuditEvent) []string {
+	types := func(events []apitype.AuditEvent) []string {
 		var out []string
 		for _, ev := range events {
 			out = append(out, ev.Type)
@@ -134,7 +134,7 @@ func TestAuditQueries(t *testing.T) {
 				t.Errorf("run %s: %v lacks %s", run1, types(all), w)
 			}
 		}
-		if !slices.IsSortedFunc(all, func(a, b api.AuditEvent) int { return int(b.ID - a.ID) }) || all[len(all)-1].Type != "run.submitted" {
+		if !slices.IsSortedFunc(all, func(a, b apitype.AuditEvent) int { return int(b.ID - a.ID) }) || all[len(all)-1].Type != "run.submitted" {
 			t.Errorf("not newest first: %v", types(all))
 		}
 		for _, ev := range all {
@@ -309,7 +309,7 @@ func TestAuditQueries(t *testing.T) {
 		list := func(args ...string) []string {
 			t.Helper()
 			res := e.cliAs(auditor, nil, append([]string{"jobs", "list", "-json"}, args...)...)
-			var page api.RunList
+			var page apitype.RunList
 			if res.code != 0 || json.Unmarshal([]byte(res.stdout), &page) != nil {
 				t.Fatalf("jobs list %v: exit %d\n%s%s", args, res.code, res.stdout, res.stderr)
 			}

@@ -16,7 +16,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/rexec/rexec/internal/api"
+	"github.com/rexec/rexec/internal/apitype"
 	"github.com/rexec/rexec/internal/client"
 	"github.com/rexec/rexec/internal/jobs"
 	"github.com/rexec/rexec/internal/localconsul"
@@ -25,31 +25,85 @@ import (
 
 // BenchmarkCLIVsConsulExec runs `true` on the five agents with remote exec
 // on, alternately with rexec-cli exec (through rexec-svc, its queue and a
-// worker) and consul exec, default settings, and reports both.
+// worker) and consul exec, default settings, and reports both, and the
+// median of each phase of rexec's runs, from the run's own record: the CLI
+// until the server accepted the run (the CLI's start, its request, the
+// submission), the queue (to the worker's pickup), preparing (session and
+// job spec) and firing, gossip (fire to the last ack), the command and its
+// exit reports (last ack to last exit seen), finishing, and the CLI from
+// the run's end to its own.
 //
 //	go test ./internal/e2e -run '^$' -bench CLIVsConsulExec -benchtime 10x
 func BenchmarkCLIVsConsulExec(b *testing.B) {
 	e := newEnv(b, envOpts{})
-	var rexec, ce time.Duration
+	c, err := client.New(e.addr, e.token)
+	if err != nil {
+		b.Fatal(err)
+	}
+	phases := []string{"cli-submit", "queue", "prepare-fire", "gossip", "exec-exit", "finish", "cli-end"}
+	took := make([][]time.Duration, len(phases))
+	var rexec, ceTotal time.Duration
 	for b.Loop() {
 		start := time.Now()
 		r := e.cli(nil, "exec", "-node", execNodes, "true")
-		rexec += time.Since(start)
+		end := time.Now()
+		rexec += end.Sub(start)
 		if r.code != 0 {
 			b.Fatalf("rexec-cli exec: %d %s%s", r.code, r.stdout, r.stderr)
 		}
-		start = time.Now()
-		c := e.consulExec(nil, "-node", execNodes, "true")
-		ce += time.Since(start)
-		if c.code != 0 {
-			b.Fatalf("consul exec: %d %s%s", c.code, c.stdout, c.stderr)
+		b.StopTimer()
+		for i, d := range runPhases(b, c, start, end) {
+			took[i] = append(took[i], d)
 		}
+		b.StartTimer()
+		start = time.Now()
+		ce := e.consulExec(nil, "-node", execNodes, "true")
+		ceTook := time.Since(start)
+		if ce.code != 0 {
+			b.Fatalf("consul exec: %d %s%s", ce.code, ce.stdout, ce.stderr)
+		}
+		ceTotal += ceTook
 	}
 	n := float64(b.N)
 	b.ReportMetric(0, "ns/op")
 	b.ReportMetric(float64(rexec.Milliseconds())/n, "rexec-ms/run")
-	b.ReportMetric(float64(ce.Milliseconds())/n, "consul-exec-ms/run")
-	b.ReportMetric(float64(rexec)/float64(ce), "time-ratio")
+	b.ReportMetric(float64(ceTotal.Milliseconds())/n, "consul-exec-ms/run")
+	b.ReportMetric(float64(rexec)/float64(ceTotal), "time-ratio")
+	for i, p := range phases {
+		b.ReportMetric(ms(percentile(took[i], 50)), p+"-p50-ms")
+	}
+}
+
+// runPhases reads the newest run, which rexec-cli ran from start to end,
+// and returns its phases (BenchmarkCLIVsConsulExec).
+func runPhases(b *testing.B, c *client.Client, start, end time.Time) []time.Duration {
+	b.Helper()
+	ctx := context.Background()
+	l, err := c.List(ctx, "", 1, "")
+	if err != nil || len(l.Runs) != 1 {
+		b.Fatalf("list: %v %+v", err, l)
+	}
+	r, err := c.Get(ctx, l.Runs[0].ID)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if r.StartedAt == nil || r.FiredAt == nil || r.FinishedAt == nil {
+		b.Fatalf("run %s: not carried out: %+v", r.ID, r)
+	}
+	var lastAck, lastExit time.Time
+	for _, n := range r.Nodes {
+		if n.AckedAt == nil || n.ExitedAt == nil {
+			b.Fatalf("run %s: node %s did not run: %+v", r.ID, n.Node, n)
+		}
+		if n.AckedAt.After(lastAck) {
+			lastAck = *n.AckedAt
+		}
+		if n.ExitedAt.After(lastExit) {
+			lastExit = *n.ExitedAt
+		}
+	}
+	return []time.Duration{r.CreatedAt.Sub(start), r.StartedAt.Sub(r.CreatedAt), r.FiredAt.Sub(*r.StartedAt),
+		lastAck.Sub(*r.FiredAt), lastExit.Sub(lastAck), r.FinishedAt.Sub(lastExit), end.Sub(*r.FinishedAt)}
 }
 
 // Benchmark settings, from the environment so that CI's one-iteration
@@ -118,11 +172,11 @@ func benchCluster(b *testing.B) *localconsul.Cluster {
 // service filter (every client).
 var benchFilters = []struct {
 	name string
-	req  api.SubmitRequest
+	req  apitype.SubmitRequest
 }{
-	{"plain", api.SubmitRequest{Argv: []string{"true"}}},
-	{"node", api.SubmitRequest{Argv: []string{"true"}, Node: "^bench-[12]$"}},
-	{"service", api.SubmitRequest{Argv: []string{"true"}, Service: "^svc-0[0-4]$"}},
+	{"plain", apitype.SubmitRequest{Argv: []string{"true"}}},
+	{"node", apitype.SubmitRequest{Argv: []string{"true"}, Node: "^bench-[12]$"}},
+	{"service", apitype.SubmitRequest{Argv: []string{"true"}, Service: "^svc-0[0-4]$"}},
 }
 
 // BenchmarkSubmit measures submissions accepted by one API-only rexec-svc
@@ -201,7 +255,7 @@ func BenchmarkSubmit(b *testing.B) {
 			b.ReportMetric(ms(percentile(lat, 99)), "p99-ms")
 			// CPU per submission of each kind of process: unlike rates on
 			// a shared machine, it hardly depends on what else runs.
-			for _, name := range []string{"rexec-svc", "postgres", "consul"} {
+			for _, name := range []string{"rexec-svc", "postgres", "consul", "bench"} {
 				b.ReportMetric(ms(cpu[name]-cpu0[name])/float64(b.N), name+"-cpu-ms/op")
 			}
 		})
@@ -244,7 +298,7 @@ func BenchmarkQueuePickup(b *testing.B) {
 		for i := range b.N {
 			<-tick.C
 			wg.Go(func() {
-				r, err := c.Submit(ctx, api.SubmitRequest{Argv: []string{"true"}, Node: "^bench-2$"})
+				r, err := c.Submit(ctx, apitype.SubmitRequest{Argv: []string{"true"}, Node: "^bench-2$"})
 				if err != nil {
 					errs <- err
 					return
@@ -299,7 +353,8 @@ func BenchmarkQueuePickup(b *testing.B) {
 // childCPU returns the CPU time (user and system) used so far by this
 // process's descendants, summed by command name: rexec-svc, postgres (the
 // server and its backends, when testenv started it), consul (every agent
-// of the package's and the benchmark's clusters). It reads Linux's /proc.
+// of the package's and the benchmark's clusters), and bench, this process
+// itself (the load generator). It reads Linux's /proc.
 func childCPU(b *testing.B) map[string]time.Duration {
 	b.Helper()
 	type proc struct {
@@ -338,6 +393,8 @@ func childCPU(b *testing.B) map[string]time.Duration {
 	}
 	out := map[string]time.Duration{}
 	self := os.Getpid()
+	// This process: the load generator (and the tests' own bookkeeping).
+	out["bench"] = procs[self].cpu
 	for _, p := range procs {
 		for a := p.ppid; a > 1; a = procs[a].ppid {
 			if a == self {

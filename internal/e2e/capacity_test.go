@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rexec/rexec/internal/api"
+	"github.com/rexec/rexec/internal/apitype"
 	"github.com/rexec/rexec/internal/client"
 	"github.com/rexec/rexec/internal/jobs"
 )
@@ -64,7 +64,7 @@ func BenchmarkWorkerCapacity(b *testing.B) {
 			wg.Go(func() {
 				sem <- struct{}{}
 				defer func() { <-sem }()
-				r, err := c.Submit(ctx, api.SubmitRequest{Argv: []string{"sleep 20"}, Node: capacityNodes, Timeout: "5m"})
+				r, err := c.Submit(ctx, apitype.SubmitRequest{Argv: []string{"sleep 20"}, Node: capacityNodes, Timeout: "5m"})
 				if err != nil {
 					b.Errorf("submit %d: %v", i, err)
 					return

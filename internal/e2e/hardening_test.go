@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rexec/rexec/internal/api"
+	"github.com/rexec/rexec/internal/apitype"
 	"github.com/rexec/rexec/internal/client"
 	"github.com/rexec/rexec/internal/testcert"
 )
@@ -33,9 +33,9 @@ type answer struct {
 
 // errorBody decodes the API's JSON error, failing the test if the answer
 // is not one.
-func (a answer) errorBody(t *testing.T) api.ErrorBody {
+func (a answer) errorBody(t *testing.T) apitype.ErrorBody {
 	t.Helper()
-	var eb api.ErrorBody
+	var eb apitype.ErrorBody
 	if a.header.Get("Content-Type") != "application/json" || json.Unmarshal([]byte(a.body), &eb) != nil || eb.Error == "" || eb.Code == "" {
 		t.Errorf("answer %d %q is not the API's {error, code}", a.status, a.body)
 	}
@@ -205,7 +205,7 @@ func TestServerTimeouts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	run, err := c.Submit(ctxT(t, time.Minute), api.SubmitRequest{Argv: []string{"true"}, Node: "^web-1$"})
+	run, err := c.Submit(ctxT(t, time.Minute), apitype.SubmitRequest{Argv: []string{"true"}, Node: "^web-1$"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rexec/rexec/internal/api"
+	"github.com/rexec/rexec/internal/apitype"
 	"github.com/rexec/rexec/internal/client"
 	"github.com/rexec/rexec/internal/consul"
 )
@@ -111,7 +111,7 @@ func TestBadTextAndEventSize(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		run, err := c.Submit(ctxT(t, time.Minute), api.SubmitRequest{Script: []byte("echo ok\n# \x00\xff\xfe\n"), Node: "^web-1$", Reason: "bytes é"})
+		run, err := c.Submit(ctxT(t, time.Minute), apitype.SubmitRequest{Script: []byte("echo ok\n# \x00\xff\xfe\n"), Node: "^web-1$", Reason: "bytes é"})
 		if err != nil {
 			t.Fatalf("submit: %v", err)
 		}

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rexec/rexec/internal/api"
+	"github.com/rexec/rexec/internal/apitype"
 	"github.com/rexec/rexec/internal/client"
 )
 
@@ -34,7 +34,7 @@ func TestConcurrentSubmissions(t *testing.T) {
 			<-start
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			r, err := c.Submit(ctx, api.SubmitRequest{Argv: []string{"echo", fmt.Sprint(i)}, Node: "^" + nodes[i%len(nodes)] + "$"})
+			r, err := c.Submit(ctx, apitype.SubmitRequest{Argv: []string{"echo", fmt.Sprint(i)}, Node: "^" + nodes[i%len(nodes)] + "$"})
 			if err != nil {
 				errs <- fmt.Errorf("submission %d: %w", i, err)
 				return
