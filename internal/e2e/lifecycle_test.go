@@ -49,6 +49,50 @@ func TestStartBound(t *testing.T) {
 	}
 }
 
+// TestStartBoundAtGate: a run that waits at its tenant's start gate past
+// its start bound fails there, without writing a session or a job spec to
+// Consul, rather than prepare them for the firing mark to refuse. The gate
+// has one place (-max-starting 1), held by two runs on a node that never
+// acknowledges, each for a second after its fire.
+func TestStartBoundAtGate(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpts{workers: -1})
+	e.startProc("worker", "-workers", "3", "-max-starting", "1", "-worker-id", "gate")
+	var silent []string
+	for range 2 {
+		sub := e.cli(nil, "exec", "-detach", "-node", "^noexec-1$", "-wait", "500ms", "true")
+		if sub.code != 0 {
+			t.Fatalf("exec -detach: %d %s", sub.code, sub.stderr)
+		}
+		silent = append(silent, strings.TrimSpace(sub.stdout))
+	}
+	await(t, 30*time.Second, "a silent run to fire", func() bool { return e.show(silent[0]).FiredAt != nil || e.show(silent[1]).FiredAt != nil })
+	marker := filepath.Join(t.TempDir(), "marker")
+	sub := e.cli(nil, "exec", "-detach", "-start-timeout", "300ms", "-node", "^web-1$", "touch "+marker)
+	if sub.code != 0 {
+		t.Fatalf("exec -detach: %d %s", sub.code, sub.stderr)
+	}
+	id := strings.TrimSpace(sub.stdout)
+	e.cli(nil, "jobs", "wait", id)
+	r := e.show(id)
+	if r.State != "failed" || r.Outcome != "not_started" || r.FiringAt != nil {
+		t.Errorf("run: %s/%s %q, firing at %v", r.State, r.Outcome, r.Error, r.FiringAt)
+	}
+	var session *string
+	if err := e.conn().QueryRow(ctxT(t, 10*time.Second), "SELECT session FROM runs WHERE id = $1", id).Scan(&session); err != nil {
+		t.Fatal(err)
+	}
+	if session != nil {
+		t.Errorf("the run created session %s before giving up", *session)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Error("a run past its start bound ran")
+	}
+	for _, id := range silent {
+		e.cli(nil, "jobs", "wait", id)
+	}
+}
+
 // TestQueuedRunWithoutJob: a queued run whose River job vanished is found
 // and carried out.
 func TestQueuedRunWithoutJob(t *testing.T) {

@@ -27,8 +27,11 @@ type nodeJSON struct {
 type runJSON struct {
 	ID         string     `json:"id"`
 	State      string     `json:"state"`
+	Outcome    string     `json:"outcome"`
 	Error      string     `json:"error"`
 	StartBy    time.Time  `json:"start_by"`
+	FiringAt   *time.Time `json:"firing_at"`
+	FiredAt    *time.Time `json:"fired_at"`
 	Recoveries int        `json:"recoveries"`
 	Nodes      []nodeJSON `json:"nodes"`
 }

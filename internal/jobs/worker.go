@@ -220,8 +220,18 @@ func (e *execution) carryOut(jobCtx context.Context) error {
 		// Never fired: prepare afresh. The session of an earlier attempt
 		// that stopped short of firing is discarded.
 		e.discardUnfired(jobCtx)
-		r, err = client.Prepare(ectx, spec, targets)
+		// Prepare may wait for a place at the tenant's start gate. A run
+		// whose start bound passes meanwhile gives up there, before it
+		// writes a session and a job spec that MarkFiring would refuse.
+		// (The bound is the submitting process's clock, MarkFiring's the
+		// database's: they differ by the machines' skew.)
+		pctx, stopPrepare := context.WithDeadlineCause(ectx, e.run.StartBy, store.ErrStartBoundPassed)
+		r, err = client.Prepare(pctx, spec, targets)
+		stopPrepare()
 		if err != nil {
+			if ectx.Err() == nil && errors.Is(context.Cause(pctx), store.ErrStartBoundPassed) {
+				err = fmt.Errorf("prepare: %w", store.ErrStartBoundPassed)
+			}
 			return e.notStarted(jobCtx, ectx, err)
 		}
 		err = st.InTx(jobCtx, func(tx pgx.Tx, q *store.Queries) error {
