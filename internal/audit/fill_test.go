@@ -6,8 +6,6 @@ import (
 	"time"
 
 	"github.com/rexec/rexec/internal/audit"
-	"github.com/rexec/rexec/internal/store"
-	"github.com/rexec/rexec/internal/testenv"
 )
 
 // TestColumnsFilledFromBody: the columns an auditor filters on hold what
@@ -17,12 +15,7 @@ import (
 func TestColumnsFilledFromBody(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	st, err := store.Open(ctx, testenv.Database(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	ta, tb := twoTenants(t, st)
+	st, ta, tb := twoTenantStore(t)
 	at := time.Date(2026, 3, 1, 12, 30, 45, 123456000, time.UTC)
 	const run = "66666666-6666-4666-8666-666666666666"
 

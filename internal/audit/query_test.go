@@ -47,12 +47,7 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	ctx := context.Background()
-	st, err := store.Open(ctx, testenv.Database(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	ta, tb := twoTenants(t, st)
+	st, ta, tb := twoTenantStore(t)
 	f := &fixture{pool: st.Pool(), a: ta, b: tb, ids: map[string]int64{}, tenants: map[string]int64{},
 		t0: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)}
 	A, B := f.a, f.b
@@ -99,6 +94,18 @@ func newFixture(t *testing.T) *fixture {
 		f.tenants[e.label] = e.ev.TenantID
 	}
 	return f
+}
+
+// twoTenantStore opens a database of t's own, migrated, with two tenants.
+func twoTenantStore(t *testing.T) (st *store.Store, a, b int64) {
+	t.Helper()
+	st, err := store.Open(context.Background(), testenv.Database(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	a, b = twoTenants(t, st)
+	return st, a, b
 }
 
 // twoTenants migrates st's database and creates two tenants.

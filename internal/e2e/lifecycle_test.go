@@ -58,14 +58,7 @@ func TestStartBoundAtGate(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOpts{workers: -1})
 	e.startProc("worker", "-workers", "3", "-max-starting", "1", "-worker-id", "gate")
-	var silent []string
-	for range 2 {
-		sub := e.cli(nil, "exec", "-detach", "-node", "^noexec-1$", "-wait", "500ms", "true")
-		if sub.code != 0 {
-			t.Fatalf("exec -detach: %d %s", sub.code, sub.stderr)
-		}
-		silent = append(silent, strings.TrimSpace(sub.stdout))
-	}
+	silent := e.silentRuns(2)
 	await(t, 30*time.Second, "a silent run to fire", func() bool { return e.show(silent[0]).FiredAt != nil || e.show(silent[1]).FiredAt != nil })
 	marker := filepath.Join(t.TempDir(), "marker")
 	sub := e.cli(nil, "exec", "-detach", "-start-timeout", "300ms", "-node", "^web-1$", "touch "+marker)

@@ -99,6 +99,21 @@ func awaitValue(t *testing.T, base string, ok func(float64) bool, name string, l
 	}
 }
 
+// silentRuns submits n detached runs of `true` on noexec-1, a node that
+// never acknowledges, each with a 500 ms quiet period, and returns their IDs.
+func (e *env) silentRuns(n int) []string {
+	e.t.Helper()
+	var ids []string
+	for range n {
+		sub := e.cli(nil, "exec", "-detach", "-node", "^noexec-1$", "-wait", "500ms", "true")
+		if sub.code != 0 {
+			e.t.Fatalf("exec -detach: %d %s", sub.code, sub.stderr)
+		}
+		ids = append(ids, strings.TrimSpace(sub.stdout))
+	}
+	return ids
+}
+
 var metricsListening = regexp.MustCompile(`msg="metrics listening" addr=(\S+)`)
 
 // startWorker starts a worker-only process and returns the base URL of its
@@ -265,14 +280,7 @@ func TestMetrics(t *testing.T) {
 	// one run of a tenant start at a time (-max-starting 1): each keeps
 	// its place a second after its fire, and the others are counted as
 	// waiting meanwhile.
-	var silent []string
-	for range 3 {
-		sub := e.cli(nil, "exec", "-detach", "-node", "^noexec-1$", "-wait", "500ms", "true")
-		if sub.code != 0 {
-			t.Fatalf("exec -detach: %d %s", sub.code, sub.stderr)
-		}
-		silent = append(silent, strings.TrimSpace(sub.stdout))
-	}
+	silent := e.silentRuns(3)
 	awaitValue(t, worker, atLeast(1), metrics.NameRunsWaitingToStart)
 	for _, id := range silent {
 		if res := e.cli(nil, "jobs", "wait", id); res.code == 0 {

@@ -128,7 +128,8 @@ func scanRun(row interface{ Scan(...any) error }) (Run, error) {
 // parameter is one column of every run: one statement, which a connection
 // parses and plans once, however many runs a batch holds. (A VALUES row a
 // run made one statement per batch size, each parsed and planned again on
-// every connection: a third of a submission's database time went there.)
+// every connection: a quarter of the submissions' statement time in the
+// submit benchmark went there.)
 // The text[] columns travel as array literals (textArrayLiteral), since an
 // array of arrays must be rectangular.
 const queryInsertRuns = `
