@@ -74,8 +74,16 @@ func NewWithConfig(cfg Config) (*Client, error) {
 	// would turn off.
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = tlsConf
+	// A Client is shared by goroutines, and the server answers submissions
+	// stored together at once: with the default of 2 idle connections to a
+	// host, all but two of those that come back together were closed, and
+	// the next requests dialled anew.
+	tr.MaxIdleConnsPerHost = maxIdleConns
 	return &Client{base: strings.TrimRight(addr, "/"), token: cfg.Token, http: &http.Client{Transport: tr}}, nil
 }
+
+// maxIdleConns is how many idle connections to the server a Client keeps.
+const maxIdleConns = 64
 
 func tlsConfig(cfg Config) (*tls.Config, error) {
 	conf := &tls.Config{MinVersion: tls.VersionTLS12}
