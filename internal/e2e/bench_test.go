@@ -114,7 +114,8 @@ const (
 	benchServicesEnv = "REXEC_BENCH_SERVICES"
 	// benchClientsEnv sets how many clients submit at once (default 32).
 	benchClientsEnv = "REXEC_BENCH_CLIENTS"
-	// benchRateEnv sets the steady submission rate of BenchmarkQueuePickup,
+	// benchRateEnv sets the steady submission rate of BenchmarkQueuePickup
+	// and, when set, of BenchmarkSubmit (open loop),
 	// per second (default 100).
 	benchRateEnv = "REXEC_BENCH_RATE"
 )
@@ -188,6 +189,11 @@ var benchFilters = []struct {
 // reports submissions per second and the latency of one submission, median
 // and p99, for each of benchFilters.
 //
+// With REXEC_BENCH_RATE set, submissions arrive at that steady rate
+// instead, each on its own (an open loop), so that latency is measured at a
+// given load rather than at saturation, where 32 clients waiting on each
+// other make it 32 / the rate by Little's law.
+//
 //	go test ./internal/e2e -run '^$' -bench 'Submit$' -benchtime 1000x
 func BenchmarkSubmit(b *testing.B) {
 	e := newEnv(b, envOpts{workers: -1, cluster: benchCluster(b), tenantAgent: "bench-1"})
@@ -196,6 +202,10 @@ func BenchmarkSubmit(b *testing.B) {
 		b.Fatal(err)
 	}
 	clients := envInt(b, benchClientsEnv, 32)
+	rate := 0
+	if os.Getenv(benchRateEnv) != "" {
+		rate = envInt(b, benchRateEnv, 0)
+	}
 	for _, f := range benchFilters {
 		b.Run(f.name, func(b *testing.B) {
 			ctx := context.Background()
@@ -225,22 +235,34 @@ func BenchmarkSubmit(b *testing.B) {
 			var wg sync.WaitGroup
 			b.ResetTimer()
 			start := time.Now()
-			for range clients {
-				wg.Go(func() {
-					for {
-						i := next.Add(1) - 1
-						if i >= int64(b.N) {
-							return
+			submit := func(i int64) {
+				t0 := time.Now()
+				_, err := c.Submit(ctx, f.req)
+				lat[i] = time.Since(t0)
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+				}
+			}
+			if rate > 0 {
+				tick := time.NewTicker(time.Second / time.Duration(rate))
+				for i := range int64(b.N) {
+					<-tick.C
+					wg.Go(func() { submit(i) })
+				}
+				tick.Stop()
+			} else {
+				for range clients {
+					wg.Go(func() {
+						for {
+							i := next.Add(1) - 1
+							if i >= int64(b.N) {
+								return
+							}
+							submit(i)
 						}
-						t0 := time.Now()
-						_, err := c.Submit(ctx, f.req)
-						lat[i] = time.Since(t0)
-						if err != nil {
-							failed.Add(1)
-							firstErr.CompareAndSwap(nil, err)
-						}
-					}
-				})
+					})
+				}
 			}
 			wg.Wait()
 			took := time.Since(start)
